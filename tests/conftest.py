@@ -6,6 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tiny models are ~50x slower with 2 threads on a loaded 2-core machine; tests only use tiny models.
+torch.set_num_threads(1)
 
 sys.path.insert(0, str(Path(__file__).parent))
 
