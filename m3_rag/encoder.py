@@ -467,7 +467,7 @@ class M3Encoder:
         colbert: bool = True,
         max_length: int | None = None,
         batch_size: int = 32,
-        max_tokens_per_batch: int = 16384,
+        max_tokens_per_batch: int = 8192,
         show_progress_bar: bool | None = None,
     ) -> M3Output:
         """Encode texts in one backbone forward pass per batch.
@@ -478,8 +478,10 @@ class M3Encoder:
             max_length: tokens per text, special tokens included (default 8192), capped at
                 :attr:`max_seq_length`. Longer texts are truncated.
             batch_size: the most texts per forward pass.
-            max_tokens_per_batch: the most padded tokens per forward pass; with texts sorted by length,
-                this bounds memory for 8192-token inputs while short texts still batch widely.
+            max_tokens_per_batch: the most padded tokens per forward pass (default 8192). With texts
+                sorted by length, this bounds memory for 8192-token inputs while short texts still batch
+                widely. On CPU, 4096-8192 is also the fastest setting (activations stay in cache); raise it
+                on a GPU.
             show_progress_bar: ``None`` shows a tqdm bar for more than 256 texts.
 
         Returns:
@@ -549,18 +551,17 @@ class M3Encoder:
         order = np.argsort(-lengths, kind="stable")
         batches = list(self._batches(lengths, order, batch_size, max_tokens_per_batch))
         show = n > PROGRESS_MIN_TEXTS if show_progress_bar is None else bool(show_progress_bar)
-        unused = self.unused_token_ids
+        unused = np.fromiter(self.unused_token_ids, dtype=np.int64)
         with torch.inference_mode():
             for batch in tqdm(batches, desc="encode", unit="batch", disable=not show):
                 blen = lengths[batch]
                 width = int(blen.max())
                 input_ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
-                mask = np.zeros((len(batch), width), dtype=np.int64)
                 for row, i in enumerate(batch):
                     input_ids[row, : blen[row]] = ids[i]
-                    mask[row, : blen[row]] = 1
+                mask_np = np.arange(width)[None, :] < blen[:, None]
                 t_ids = torch.from_numpy(input_ids).to(self.device)
-                t_mask = torch.from_numpy(mask).to(self.device)
+                t_mask = torch.from_numpy(mask_np.astype(np.int64)).to(self.device)
                 hidden = self.backbone(input_ids=t_ids, attention_mask=t_mask, return_dict=True).last_hidden_state
                 if dense:
                     if self.pooling == "cls":
@@ -572,18 +573,23 @@ class M3Encoder:
                     dense_out[batch] = vec.cpu().numpy()  # type: ignore[index]
                 if sparse:
                     weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1).float().cpu().numpy()  # type: ignore[misc]
+                    keep = mask_np & (weights > 0.0)
+                    if len(unused):
+                        keep &= ~np.isin(input_ids, unused)
                     for row, i in enumerate(batch):
-                        result: dict[int, float] = {}
-                        get = result.get
-                        for tok, w in zip(ids[i], weights[row, : blen[row]].tolist()):
-                            if w > 0.0 and tok not in unused and w > get(tok, 0.0):
-                                result[tok] = w
-                        sparse_out[i] = result  # type: ignore[index]
+                        sel = keep[row]
+                        toks, ws = input_ids[row, sel], weights[row, sel]
+                        # insert lightest first: a repeated token id ends with its largest weight (max-merge)
+                        order = np.argsort(ws, kind="stable")
+                        sparse_out[i] = dict(zip(toks[order].tolist(), ws[order].tolist()))  # type: ignore[index]
                 if colbert:
-                    vecs = self.colbert_linear(hidden[:, 1:])  # type: ignore[misc]
-                    vecs = torch.nn.functional.normalize(vecs.float(), dim=-1).cpu().numpy()
-                    for row, i in enumerate(batch):
-                        colbert_out[i] = vecs[row, : blen[row] - 1].copy()  # type: ignore[index]
+                    # only real tokens after CLS go through the head: no work on padding, no per-row copies
+                    valid = hidden[:, 1:][t_mask[:, 1:].bool()]
+                    vecs = torch.nn.functional.normalize(self.colbert_linear(valid).float(), dim=-1)  # type: ignore[misc]
+                    flat = vecs.cpu().numpy()
+                    bounds = np.cumsum(blen - 1)[:-1]
+                    for i, mat in zip(batch, np.split(flat, bounds)):
+                        colbert_out[i] = mat  # type: ignore[index]
         return M3Output(dense=dense_out, sparse=sparse_out, colbert=colbert_out)
 
     # ------------------------------------------------------------------ helpers

