@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-__all__ = ["M3Output", "Hit", "Record", "MODES"]
+__all__ = ["M3Output", "Hit", "Record", "MODES", "StoreLike"]
 
 #: The three BGE-M3 retrieval modes, in canonical order.
 MODES: tuple[str, ...] = ("dense", "sparse", "colbert")
@@ -144,3 +144,34 @@ class Record:
     id: str
     text: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class StoreLike(Protocol):
+    """What the adapters need from a store: implemented by ``HybridStore`` and ``QdrantHybridStore``.
+
+    Adapters check ``isinstance(store, StoreLike)`` so either store plugs in unchanged.
+    """
+
+    @property
+    def encoder(self) -> Any: ...
+
+    @property
+    def modes(self) -> tuple[str, ...]: ...
+
+    @property
+    def fingerprint(self) -> str | None: ...
+
+    def __len__(self) -> int: ...
+
+    def add(self, texts: Any, **kwargs: Any) -> list[str]: ...
+
+    def add_encoded(self, encoded: M3Output, **kwargs: Any) -> list[str]: ...
+
+    def delete(self, ids: Any) -> int: ...
+
+    def get(self, ids: Any) -> list[Record]: ...
+
+    def search(self, query: str, **kwargs: Any) -> list[Hit]: ...
+
+    def search_encoded(self, query: M3Output, **kwargs: Any) -> list[Hit]: ...

@@ -442,19 +442,6 @@ def test_llama_index_adapter_accepts_qdrant_store(pair):
         assert [n.score for n in b] == pytest.approx([n.score for n in a], rel=1e-4, abs=1e-5)
 
 
-def _pydantic_validation_error():
-    try:
-        from pydantic import ValidationError
-    except ImportError:  # pragma: no cover
-        return Exception
-    return ValidationError
-
-
-@pytest.mark.xfail(
-    raises=(_pydantic_validation_error(), TypeError),
-    reason="m3_rag.langchain.M3Retriever declares `store: HybridStore` (an isinstance check); it must accept any "
-    "store with the HybridStore API, as m3_rag.llama_index does",
-)
 def test_langchain_retriever_accepts_qdrant_store(pair):
     pytest.importorskip("langchain_core")
     from m3_rag.langchain import M3Retriever

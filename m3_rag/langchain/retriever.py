@@ -12,6 +12,7 @@ from pydantic import ConfigDict, field_validator, model_validator
 
 from ..fusion import resolve_weights
 from ..store import HybridStore
+from ..types import StoreLike
 from ..types import Hit
 from ._convert import (
     check_candidates,
@@ -65,7 +66,7 @@ class M3Retriever(BaseRetriever):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    store: HybridStore
+    store: Any  # a HybridStore, a QdrantHybridStore, or anything implementing m3_rag.types.StoreLike
     k: int = 4
     modes: tuple[str, ...] | None = None
     weights: Sequence[float] | Mapping[str, float] | None = None
@@ -76,7 +77,11 @@ class M3Retriever(BaseRetriever):
 
     @field_validator("store", mode="after")
     @classmethod
-    def _store_can_encode(cls, v: HybridStore) -> HybridStore:
+    def _store_can_encode(cls, v: Any) -> Any:
+        if not isinstance(v, StoreLike):
+            raise TypeError(
+                f"store must be an m3_rag.HybridStore or QdrantHybridStore (the StoreLike API); got {type(v).__name__}"
+            )
         if v.encoder is None:
             raise ValueError(
                 "M3Retriever needs a HybridStore with an encoder to encode queries; this one has none. Build it with "

@@ -17,6 +17,7 @@ from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
 from ..fusion import RRF_K, resolve_weights
 from ..store import HybridStore
+from ..types import StoreLike
 from ..types import M3Output
 from ._convert import (
     check_candidates,
@@ -108,8 +109,10 @@ class M3VectorStore(VectorStore):
                 "M3VectorStore(embedding=...) must be M3Embeddings or another langchain_core Embeddings; "
                 f"got {type(embedding).__name__}"
             )
-        if store is not None and not isinstance(store, HybridStore):
-            raise TypeError(f"store must be an m3_rag.HybridStore or None; got {type(store).__name__}")
+        if store is not None and not isinstance(store, StoreLike):
+            raise TypeError(
+                f"store must be an m3_rag.HybridStore, a QdrantHybridStore or None; got {type(store).__name__}"
+            )
         if relevance_score_fn is not None and not callable(relevance_score_fn):
             raise TypeError(f"relevance_score_fn must be a callable float -> float; got {type(relevance_score_fn).__name__}")
         self._embedding = embedding
@@ -157,9 +160,10 @@ class M3VectorStore(VectorStore):
                     f"the HybridStore's encoder (fingerprint {store.encoder.fingerprint}) differs from the "
                     f"M3Embeddings encoder (fingerprint {encoder.fingerprint}); use the same model for both"
                 )
-            if store.dense_dim is not None and store.dense_dim != encoder.dense_dim:
+            dense_dim = getattr(store, "dense_dim", None)
+            if dense_dim is not None and dense_dim != encoder.dense_dim:
                 raise ValueError(
-                    f"the HybridStore holds {store.dense_dim}-d dense vectors but the M3 encoder makes "
+                    f"the HybridStore holds {dense_dim}-d dense vectors but the M3 encoder makes "
                     f"{encoder.dense_dim}-d ones; it was built with another embedding"
                 )
         else:
