@@ -105,7 +105,7 @@ def build_store(synth: Synth, n: int, *, colbert_tokens: int = 0, chunk: int = 2
             sparse=synth.sparse(m, DOC_TERMS),
             colbert=synth.colbert(m, colbert_tokens) if colbert_tokens else None,
         )
-        sample.append(enc.dense[: max(1, 2000 * m // n)])
+        sample.append(enc.dense[: max(1, 2000 * m // n)].copy())  # a copy: a view would keep the whole chunk alive
         ids = [str(i) for i in range(start, start + m)]
         t0, c0 = time.perf_counter(), time.process_time()
         store.add_encoded(enc, ids=ids)
