@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -22,9 +21,14 @@ logger = logging.getLogger(__name__)
 COLBERT_FILE = "colbert_linear.pt"
 SPARSE_FILE = "sparse_linear.pt"
 POOLINGS = ("cls", "mean")
-#: Default max lengths, as FlagEmbedding's ``BGEM3FlagModel`` (query / passage).
+#: Default max lengths: queries 512, documents 8192 (BGE-M3's trained length). Plain ``encode`` keeps
+#: FlagEmbedding 1.4.2's ``BGEM3FlagModel.encode`` default of 512 so the two give the same numbers.
 QUERY_MAX_LENGTH = 512
 DOCUMENT_MAX_LENGTH = 8192
+ENCODE_MAX_LENGTH = 512
+#: Batching: padded tokens a batch may hold regardless of padding, and the real/padded ratio kept beyond that.
+PAD_FREE_TOKENS = 512
+PAD_EFFICIENCY = 0.9
 #: Text counts above which the progress bar is shown when ``show_progress_bar=None``.
 PROGRESS_MIN_TEXTS = 256
 _ROBERTA_LIKE = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl", "longformer", "mpnet", "data2vec-text"}
@@ -475,7 +479,8 @@ class M3Encoder:
         Args:
             texts: a string or a list of strings (a string gives a one-row output).
             dense, sparse, colbert: which outputs to compute; only the requested heads run.
-            max_length: tokens per text, special tokens included (default 8192), capped at
+            max_length: tokens per text, special tokens included (default 512, as FlagEmbedding's
+                ``BGEM3FlagModel.encode``; :meth:`encode_documents` defaults to 8192), capped at
                 :attr:`max_seq_length`. Longer texts are truncated.
             batch_size: the most texts per forward pass.
             max_tokens_per_batch: the most padded tokens per forward pass (default 8192). With texts
@@ -492,7 +497,7 @@ class M3Encoder:
             dense=dense,
             sparse=sparse,
             colbert=colbert,
-            max_length=self._effective_max_length(max_length, DOCUMENT_MAX_LENGTH),
+            max_length=self._effective_max_length(max_length, ENCODE_MAX_LENGTH),
             batch_size=batch_size,
             max_tokens_per_batch=max_tokens_per_batch,
             show_progress_bar=show_progress_bar,
@@ -509,13 +514,28 @@ class M3Encoder:
         return self.encode(texts, max_length=DOCUMENT_MAX_LENGTH if max_length is None else max_length, **kwargs)
 
     def _batches(self, lengths: np.ndarray, order: np.ndarray, batch_size: int, max_tokens: int) -> Iterable[np.ndarray]:
+        """Split ``order`` (sorted by length, longest first) into batches.
+
+        A batch holds at most ``batch_size`` texts and ``max_tokens`` padded tokens. Beyond
+        ``PAD_FREE_TOKENS`` padded tokens it also closes once under ``PAD_EFFICIENCY`` of its padded
+        tokens would be real ones: on CPU a forward pass costs about the same per token at any batch
+        size, so padding is the waste that matters.
+        """
         start = 0
         n = len(order)
         while start < n:
             longest = int(lengths[order[start]])  # sorted descending: the first is the longest
-            size = max(1, min(batch_size, max_tokens // max(longest, 1)))
-            yield order[start : start + size]
-            start += size
+            cap = max(1, min(batch_size, max_tokens // max(longest, 1)))
+            end, real = start + 1, longest
+            while end < n and end - start < cap:
+                nxt = int(lengths[order[end]])
+                padded = (end - start + 1) * longest
+                if padded > PAD_FREE_TOKENS and real + nxt < PAD_EFFICIENCY * padded:
+                    break
+                real += nxt
+                end += 1
+            yield order[start:end]
+            start = end
 
     def _encode(
         self,

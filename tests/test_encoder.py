@@ -25,15 +25,6 @@ BUILDERS = {"make_tiny_bert": make_tiny_bert, "make_tiny_xlmr": make_tiny_xlmr}
 CASES = ("bert", "xlmr", "bert_mean")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> object:
-    """One torch thread: on a shared, loaded CPU, tiny forwards run ~50x faster than with spinning OpenMP threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _weights_sha256(path: Path) -> str:
     h = hashlib.sha256()
     for name in ("model.safetensors", "colbert_linear.pt", "sparse_linear.pt"):
@@ -186,6 +177,8 @@ def test_query_and_document_default_max_lengths(tmp_path: Path) -> None:
     assert enc.encode_queries(text, dense=False, sparse=False).colbert[0].shape[0] == 511
     assert enc.encode_documents(text, dense=False, sparse=False).colbert[0].shape[0] == 1023
     assert enc.encode_queries(text, max_length=64, dense=False, sparse=False).colbert[0].shape[0] == 63
+    # plain encode() keeps FlagEmbedding's BGEM3FlagModel.encode default (512)
+    assert enc.encode(text, dense=False, sparse=False).colbert[0].shape[0] == 511
 
 
 # ---------------------------------------------------------------- loading rules
@@ -351,3 +344,19 @@ def test_fingerprint_tracks_weights(tmp_path: Path, tiny_ckpt: Path, tiny_encode
     other = M3Encoder.from_pretrained(make_tiny_bert(tmp_path / "s1", seed=1), device="cpu")
     assert other.fingerprint != tiny_encoder.fingerprint
     assert tiny_encoder.dense_dim == 32 and tiny_encoder.colbert_dim == 24 and tiny_encoder.vocab_size == 30522
+
+
+def test_batches_respect_limits_and_cover_every_text(tiny_encoder: M3Encoder) -> None:
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([rng.integers(5, 30, 200), rng.integers(50, 300, 60), np.full(20, 512)])
+    order = np.argsort(-lengths, kind="stable")
+    for batch_size, budget in ((32, 8192), (4, 1 << 30), (256, 2048), (1, 10)):
+        batches = list(tiny_encoder._batches(lengths, order, batch_size, budget))
+        np.testing.assert_array_equal(np.concatenate(batches), order)  # every text once, in sorted order
+        for b in batches:
+            assert len(b) <= batch_size
+            assert len(b) == 1 or len(b) * lengths[b].max() <= budget
+    # padding stays low: the real tokens are most of the padded tokens
+    batches = list(tiny_encoder._batches(lengths, order, 32, 8192))
+    padded = sum(len(b) * int(lengths[b].max()) for b in batches)
+    assert lengths.sum() / padded > 0.85
