@@ -242,6 +242,10 @@ class M3Encoder:
         pad = getattr(tokenizer, "pad_token_id", None)
         self._pad_id = int(pad) if pad is not None else 0
         self._fingerprint: str | None = None
+        #: Fusion weights the checkpoint's authors recommend for ``weighted`` fusion (from the
+        #: ``fusion_weights`` entry of an ``m3_model.json`` beside the heads), or ``None``.
+        #: ``m3-rag eval`` uses them; ``HybridStore`` keeps FlagEmbedding's defaults unless told otherwise.
+        self.fusion_weights: dict[str, float] | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -331,6 +335,9 @@ class M3Encoder:
         )
         if max_seq_length is not None:
             enc.max_seq_length = min(enc.max_seq_length, enc._position_limit())
+        meta = _read_json(head_dir / "m3_model.json")
+        if meta and isinstance(meta.get("fusion_weights"), dict):
+            enc.fusion_weights = {str(m): float(w) for m, w in meta["fusion_weights"].items()}
         enc._to_device()
         return enc
 

@@ -569,11 +569,14 @@ def _search_runs(
     candidates: int,
     depth: int = RUN_DEPTH,
     ignore_identical_ids: bool = True,
+    weights: Mapping[str, float] | None = None,
 ) -> dict[str, dict[str, float]]:
     # one more than the depth, so the run is still `depth` long after the query's own id is left out
     kwargs: dict[str, Any] = {"k": depth + 1, "modes": modes}
     if len(modes) > 1:
         kwargs.update(fusion=fusion, candidates=max(candidates, depth + 1))
+        if weights is not None and fusion == "weighted" and all(m in weights for m in modes):
+            kwargs["weights"] = {m: weights[m] for m in modes}
     results = store.search_encoded_batch(queries, **kwargs)
     return {
         qid: _hits_to_run(hits, qid if ignore_identical_ids else None, depth) for qid, hits in zip(qids, results)
@@ -759,7 +762,9 @@ def evaluate(
         encoder: the model.
         grid: mode sets such as ``["dense", "dense+sparse"]``; default :func:`default_grid` of the encoder's modes.
             A single mode gives one row (fusion ``None``); a set of two or more gives one row per fusion.
-        fusions: the fusion methods for multi-mode sets (subset of :data:`FUSIONS`).
+        fusions: the fusion methods for multi-mode sets (subset of :data:`FUSIONS`). ``weighted`` rows use
+            the model's recommended ``encoder.fusion_weights`` when it declares them (``minilm-m3`` does),
+            else FlagEmbedding's defaults (dense 0.4, sparse 0.2, colbert 0.4).
         bm25: add the BM25 reference row (needs ``pip install "m3-rag[eval]"``).
         sweep: also run :func:`sweep_weights` over the largest mode set of the grid.
         dev_fraction: the sweep's dev share (``None``: tune on all queries, with a warning).
@@ -805,7 +810,7 @@ def evaluate(
             t = time.perf_counter()
             run = _search_runs(
                 store, q_enc, qids, modes, fusion or "weighted", candidates=candidates,
-                ignore_identical_ids=ignore_identical_ids,
+                ignore_identical_ids=ignore_identical_ids, weights=getattr(encoder, "fusion_weights", None),
             )
             rows.append(EvalRow(modes, fusion, evaluate_run(ds.qrels, run), time.perf_counter() - t, run))  # type: ignore[arg-type]
     if bm25:

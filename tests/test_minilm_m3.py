@@ -113,3 +113,24 @@ def test_sparse_to_tokens_is_readable(minilm_m3: M3Encoder):
     assert not {"the", "of", "a"} & set(top3), tokens
     assert {"heat", "transfer", "boundary", "layer", "##sonic", "hyper"} & set(top3), tokens
     assert tokens.get("the", 0.0) < tokens[top3[0]] / 3
+
+
+def test_bundled_model_declares_fusion_weights_and_eval_uses_them(monkeypatch):
+    from m3_rag import M3Encoder
+    from m3_rag import eval as m3_eval
+
+    enc = M3Encoder.from_pretrained("minilm-m3", device="cpu")
+    assert enc.fusion_weights == {"dense": 1.0, "sparse": 0.3, "colbert": 2.0}
+    seen = []
+
+    class FakeStore:
+        def search_encoded_batch(self, queries, **kwargs):
+            seen.append(kwargs)
+            return [[] for _ in range(len(queries))]
+
+    m3_eval._search_runs(FakeStore(), enc.encode_queries(["q"]), ["1"], ("dense", "sparse"), "weighted",
+                         candidates=100, weights=enc.fusion_weights)
+    m3_eval._search_runs(FakeStore(), enc.encode_queries(["q"]), ["1"], ("dense", "sparse"), "rrf",
+                         candidates=100, weights=enc.fusion_weights)
+    assert seen[0]["weights"] == {"dense": 1.0, "sparse": 0.3}
+    assert "weights" not in seen[1]
