@@ -40,7 +40,6 @@ fp32); and a server's approximate HNSW for the first stages (local mode is alway
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import uuid
@@ -51,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, 
 import numpy as np
 
 from .fusion import FUSIONS, RRF_K
+from .store import check_modes, check_rows
 from .types import MODES, Hit, M3Output, Record
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -642,44 +642,7 @@ class QdrantHybridStore:
     def _check_rows(
         n: int, ids: Sequence[str] | None, metadatas: Sequence[dict] | None
     ) -> tuple[list[str], list[dict]]:
-        if ids is None:
-            ids_l = [uuid.uuid4().hex for _ in range(n)]
-        else:
-            if isinstance(ids, str):
-                raise TypeError("ids must be a list of strings, not a single string")
-            ids_l = list(ids)
-            if len(ids_l) != n:
-                raise ValueError(f"got {len(ids_l)} ids for {n} documents; pass one id per document")
-            for i, x in enumerate(ids_l):
-                if not isinstance(x, str):
-                    raise TypeError(f"ids[{i}] must be a str; got {type(x).__name__} ({x!r:.50})")
-            if len(set(ids_l)) != n:
-                seen: set[str] = set()
-                dups = sorted({x for x in ids_l if x in seen or seen.add(x)})  # type: ignore[func-returns-value]
-                raise ValueError(f"duplicate ids within one add: {dups[:10]}; each id may appear once per call")
-        if metadatas is None:
-            metas: list[dict] = [{} for _ in range(n)]
-        else:
-            metas = list(metadatas)
-            if len(metas) != n:
-                raise ValueError(f"got {len(metas)} metadatas for {n} documents; pass one dict per document")
-            for i, md in enumerate(metas):
-                if md is None:
-                    metas[i] = {}
-                elif not isinstance(md, Mapping):
-                    raise TypeError(f"metadatas[{i}] must be a dict; got {type(md).__name__}")
-                else:
-                    for key in md:
-                        if not isinstance(key, str):
-                            raise TypeError(f"metadatas[{i}] has a non-string key {key!r}; Qdrant payloads need str keys")
-                    try:  # the same normalisation as HybridStore (tuples become lists, no NaN)
-                        metas[i] = json.loads(json.dumps(dict(md), allow_nan=False))
-                    except (TypeError, ValueError) as exc:
-                        raise TypeError(
-                            f"metadatas[{i}] must be JSON-serialisable (str/int/float/bool/None, lists, dicts; no NaN), "
-                            f"as a Qdrant payload must be: {exc}"
-                        ) from None
-        return ids_l, metas
+        return check_rows(n, ids, metadatas)  # the same validation and JSON normalisation as HybridStore
 
     def _colbert_rows(self, mats: list[np.ndarray]) -> tuple[list[list[list[float]]], list[bool]]:
         dim = self._dims["colbert"]
@@ -992,19 +955,7 @@ class QdrantHybridStore:
 
     # -------------------------------------------------- validation helpers
     def _resolve_modes(self, modes: Any) -> tuple[str, ...]:
-        if isinstance(modes, str):
-            modes = (modes,)
-        try:
-            mode_t = tuple(modes)
-        except TypeError:
-            raise TypeError(f"modes must be a mode name or a sequence of them from {MODES}; got {modes!r}") from None
-        if not mode_t:
-            raise ValueError(f"modes must name at least one of {MODES}")
-        for x in mode_t:
-            if x not in MODES:
-                raise ValueError(f"unknown mode {x!r}; allowed: {', '.join(MODES)}")
-        if len(set(mode_t)) != len(mode_t):
-            raise ValueError(f"modes has duplicates: {mode_t}")
+        mode_t = check_modes(modes)  # the same rules and messages as HybridStore
         if self._modes:
             absent = [x for x in mode_t if x not in self._modes]
             if absent:

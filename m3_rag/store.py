@@ -129,6 +129,67 @@ def _check_ids_arg(ids: Any, name: str = "ids") -> list[str]:
     return out
 
 
+def check_modes(modes: Any) -> tuple[str, ...]:
+    """Validate a ``modes`` argument (one mode name or a list of them) and return it as a tuple."""
+    if isinstance(modes, str):
+        modes = (modes,)
+    if not isinstance(modes, (Sequence, set, frozenset)):
+        raise TypeError(f"modes must be a mode name or a list of them ({', '.join(MODES)}); got {type(modes).__name__}")
+    mode_t = tuple(modes)
+    if not mode_t:
+        raise ValueError(f"modes is empty; choose from {', '.join(MODES)}")
+    for m in mode_t:
+        if m not in MODES:
+            raise ValueError(f"unknown mode {m!r}; modes are {', '.join(MODES)}")
+    if len(set(mode_t)) != len(mode_t):
+        raise ValueError(f"modes lists a mode twice: {mode_t}")
+    return mode_t
+
+
+def check_rows(
+    n: int, ids: Sequence[str] | None, metadatas: Sequence[dict | None] | None
+) -> tuple[list[str], list[dict]]:
+    """Validate the ids and metadatas of ``n`` documents being added (shared by every store).
+
+    Returns the ids (new random hex ids when ``ids`` is None) and JSON-normalised metadata dicts
+    (``None`` becomes ``{}``). Raises ``TypeError``/``ValueError`` naming the bad row.
+    """
+    if ids is None:
+        ids_list = [uuid.uuid4().hex for _ in range(n)]
+    else:
+        ids_list = _check_ids_arg(ids)
+        if len(ids_list) != n:
+            raise ValueError(f"got {len(ids_list)} ids for {n} documents; pass one id per document")
+        if len(set(ids_list)) != n:
+            seen: set[str] = set()
+            dups = sorted({x for x in ids_list if x in seen or seen.add(x)})  # type: ignore[func-returns-value]
+            raise ValueError(f"duplicate ids within one add: {dups[:10]}; each id may appear once per call")
+    if metadatas is None:
+        return ids_list, [{} for _ in range(n)]
+    if isinstance(metadatas, Mapping) or not isinstance(metadatas, Sequence):
+        raise TypeError(f"metadatas must be a list of dicts (one per document); got {type(metadatas).__name__}")
+    if len(metadatas) != n:
+        raise ValueError(f"got {len(metadatas)} metadatas for {n} documents; pass one dict per document")
+    metas: list[dict] = []
+    for i, md in enumerate(metadatas):
+        if md is None:
+            metas.append({})
+            continue
+        if not isinstance(md, Mapping):
+            raise TypeError(f"metadatas[{i}] must be a dict; got {type(md).__name__}")
+        for key in md:
+            if not isinstance(key, str):
+                raise TypeError(f"metadatas[{i}] keys must be strings; got {key!r}")
+        try:
+            metas.append(json.loads(json.dumps(dict(md), allow_nan=False)))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"metadatas[{i}] must be JSON-serialisable (str/int/float/bool/None, lists, dicts; "
+                f"no NaN): {exc}. Convert values (e.g. dates with .isoformat()) before adding."
+            ) from exc
+    return ids_list, metas
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -493,41 +554,7 @@ class HybridStore:
     ) -> tuple[list[str], list[dict]]:
         if texts is not None and len(texts) != n:
             raise ValueError(f"got {len(texts)} texts for {n} encoded rows; pass one text per row")
-        if ids is None:
-            ids_list = [uuid.uuid4().hex for _ in range(n)]
-        else:
-            ids_list = _check_ids_arg(ids)
-            if len(ids_list) != n:
-                raise ValueError(f"got {len(ids_list)} ids for {n} documents; pass one id per document")
-            if len(set(ids_list)) != n:
-                seen: set[str] = set()
-                dups = sorted({x for x in ids_list if x in seen or seen.add(x)})  # type: ignore[func-returns-value]
-                raise ValueError(f"duplicate ids within one add: {dups[:10]}; each id may appear once per call")
-        if metadatas is None:
-            metas: list[dict] = [{} for _ in range(n)]
-        else:
-            if isinstance(metadatas, Mapping) or not isinstance(metadatas, Sequence):
-                raise TypeError(f"metadatas must be a list of dicts (one per document); got {type(metadatas).__name__}")
-            if len(metadatas) != n:
-                raise ValueError(f"got {len(metadatas)} metadatas for {n} documents; pass one dict per document")
-            metas = []
-            for i, md in enumerate(metadatas):
-                if md is None:
-                    metas.append({})
-                    continue
-                if not isinstance(md, Mapping):
-                    raise TypeError(f"metadatas[{i}] must be a dict; got {type(md).__name__}")
-                for key in md:
-                    if not isinstance(key, str):
-                        raise TypeError(f"metadatas[{i}] keys must be strings; got {key!r}")
-                try:
-                    metas.append(json.loads(json.dumps(md, allow_nan=False)))
-                except (TypeError, ValueError) as exc:
-                    raise TypeError(
-                        f"metadatas[{i}] must be JSON-serialisable (str/int/float/bool/None, lists, dicts; "
-                        f"no NaN): {exc}. Convert values (e.g. dates with .isoformat()) before adding."
-                    ) from exc
-        return ids_list, metas
+        return check_rows(n, ids, metadatas)
 
     def _check_encoded(self, encoded: M3Output, modes: tuple[str, ...], what: str) -> None:
         for mode in modes:
@@ -1004,18 +1031,7 @@ class HybridStore:
             raise ValueError(f"k must be a positive int; got {k!r}")
         if k <= 0:
             raise ValueError(f"k must be a positive int; got {k}")
-        if isinstance(modes, str):
-            modes = (modes,)
-        if not isinstance(modes, (Sequence, set, frozenset)):
-            raise TypeError(f"modes must be a mode name or a list of them ({', '.join(MODES)}); got {type(modes).__name__}")
-        modes = tuple(modes)
-        if not modes:
-            raise ValueError(f"modes is empty; choose from {', '.join(MODES)}")
-        for m in modes:
-            if m not in MODES:
-                raise ValueError(f"unknown mode {m!r}; modes are {', '.join(MODES)}")
-        if len(set(modes)) != len(modes):
-            raise ValueError(f"modes lists a mode twice: {modes}")
+        modes = check_modes(modes)
         if self._modes is not None:
             missing = [m for m in modes if m not in self._modes]
             if missing:
