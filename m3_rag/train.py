@@ -409,6 +409,11 @@ class TrainConfig:
         sparse_bias_shift: added to the sparse bias after training; a negative shift zeroes the
             weakest token weights (a sparsity threshold; pick it on a held-out split).
         colbert_dim: ColBERT vector size; ``None`` keeps the hidden size and starts from the identity.
+        colbert_anchor: weight of an L2 penalty ``sum((W - W0)^2) + sum((b - b0)^2)`` that keeps the
+            ColBERT head near its start (the identity, i.e. zero-shot MaxSim); 0 disables it.
+        colbert_interpolation: after training, the ColBERT head becomes ``start + a * (trained - start)``
+            (weight-space interpolation, as in WiSE-FT); 1 keeps the trained head, smaller values keep
+            more of zero-shot MaxSim. Pick it on a held-out split.
         max_query_length / max_passage_length: token limits used for training.
         unfreeze: also train the backbone (lr ``backbone_lr``). This changes the dense output.
         max_steps: stop after this many steps (``None``: run all epochs).
@@ -428,6 +433,8 @@ class TrainConfig:
     sparse_init_scale: float = 0.3
     sparse_bias_shift: float = 0.0
     colbert_dim: int | None = None
+    colbert_anchor: float = 0.0
+    colbert_interpolation: float = 1.0
     max_query_length: int = 64
     max_passage_length: int = 128
     unfreeze: bool = False
@@ -446,6 +453,13 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"TrainConfig.{name} must be a positive number; got {value!r}")
+        for name in ("colbert_anchor", "lexical_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"TrainConfig.{name} must be a number >= 0; got {value!r}")
+        ci = self.colbert_interpolation
+        if not isinstance(ci, (int, float)) or isinstance(ci, bool) or not 0 <= ci <= 1:
+            raise ValueError(f"TrainConfig.colbert_interpolation must be a number in [0, 1]; got {ci!r}")
         if set(self.weights) != {"dense", "sparse", "colbert"}:
             raise ValueError(f"TrainConfig.weights needs exactly the keys dense, sparse, colbert; got {sorted(self.weights)}")
         if self.device not in DEVICES:
@@ -653,6 +667,8 @@ def train_heads(
     if config.colbert_dim is not None and config.colbert_dim < encoder.dense_dim:
         sample = train_p.batch(rng.permutation(len(train_p))[:256].tolist(), device)
         heads.init_colbert_pca(sample["states"][sample["mask"] > 0])
+    colbert_start = [p.detach().clone() for p in heads.colbert.parameters()]
+    anchor = colbert_start if config.colbert_anchor > 0 else None
     if held is not None:
         report["heldout_before"] = evaluate_pairs(heads, held[0], held[1], device, idf, config.weights)
 
@@ -690,6 +706,9 @@ def train_heads(
                 lex = bm25_matrix(q["ids"], q["mask"], p["ids"], p["mask"], idf, avg_len=avg_len)
             losses = m3_losses(scores, config.weights, config.temperature, lexical_teacher=lex,
                                lexical_temperature=config.lexical_temperature, lexical_weight=config.lexical_weight)
+            if anchor is not None:
+                losses["colbert_anchor"] = sum(((p_ - a_) ** 2).sum() for p_, a_ in zip(heads.colbert.parameters(), anchor))
+                losses["total"] = losses["total"] + config.colbert_anchor * losses["colbert_anchor"]
             optim.zero_grad(set_to_none=True)
             losses["total"].backward()
             optim.step()
@@ -702,9 +721,12 @@ def train_heads(
     bar.close()
     encoder.backbone.eval()
     heads.eval()
-    if config.sparse_bias_shift:
-        with torch.no_grad():
+    with torch.no_grad():
+        if config.sparse_bias_shift:
             heads.sparse.bias.add_(config.sparse_bias_shift)
+        if config.colbert_interpolation != 1.0:
+            for p_, start in zip(heads.colbert.parameters(), colbert_start):
+                p_.copy_(start + config.colbert_interpolation * (p_ - start))
     window = max(1, min(20, len(history) // 4))
     report["steps"] = step
     report["seconds"] = round(time.time() - started, 1)
@@ -794,6 +816,10 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-warm-start", action="store_true", help="start the sparse head at random instead of from idf")
     p.add_argument("--sparse-bias-shift", type=float, default=0.0, help="added to the sparse bias after training")
     p.add_argument("--colbert-dim", type=int, default=None, help="ColBERT size (default: hidden size, identity start)")
+    p.add_argument("--colbert-anchor", type=float, default=d.colbert_anchor,
+                   help="L2 pull of the ColBERT head towards its identity start; 0 disables")
+    p.add_argument("--colbert-interpolation", type=float, default=d.colbert_interpolation,
+                   help="after training, move the ColBERT head this fraction of the way from its start to the trained weights")
     p.add_argument("--max-query-length", type=int, default=d.max_query_length)
     p.add_argument("--max-passage-length", type=int, default=d.max_passage_length)
     p.add_argument("--unfreeze", action="store_true", help="also train the backbone (changes the dense output)")
@@ -812,7 +838,8 @@ def _cmd_train_heads(args: argparse.Namespace) -> int:
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
         lexical_weight=args.lexical_weight, sparse_warm_start=not args.no_warm_start, colbert_dim=args.colbert_dim,
-        sparse_bias_shift=args.sparse_bias_shift,
+        sparse_bias_shift=args.sparse_bias_shift, colbert_anchor=args.colbert_anchor,
+        colbert_interpolation=args.colbert_interpolation,
         max_query_length=args.max_query_length, max_passage_length=args.max_passage_length, unfreeze=args.unfreeze,
         max_steps=args.max_steps, device=args.device, seed=args.seed, show_progress=not args.no_progress,
     )

@@ -147,7 +147,8 @@ def test_load_pairs_formats_and_errors(tmp_path: Path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"batch_size": 1}, "batch_size"), ({"lr": 0}, "lr"), ({"device": "tpu"}, "device"),
-     ({"weights": {"dense": 1.0}}, "weights"), ({"max_steps": 0}, "max_steps")],
+     ({"weights": {"dense": 1.0}}, "weights"), ({"max_steps": 0}, "max_steps"),
+     ({"colbert_anchor": -1.0}, "colbert_anchor"), ({"colbert_interpolation": 1.5}, "colbert_interpolation"), ({"lexical_weight": "1"}, "lexical_weight")],
 )
 def test_train_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -197,6 +198,37 @@ def test_bundle_layout_and_fp16_weights(tiny_ckpt: Path, tmp_path: Path):
     assert not (out / "config.json").exists()
     state = torch.load(out / "colbert_linear.pt", weights_only=True)
     assert state["weight"].dtype == torch.float16
+
+
+def test_colbert_anchor_holds_the_head_near_the_identity(tiny_ckpt: Path, tmp_path: Path):
+    def drift(anchor: float) -> float:
+        out = tmp_path / f"anchor{anchor}"
+        cfg = TrainConfig(max_steps=6, batch_size=8, lr=2e-2, colbert_anchor=anchor, show_progress=False,
+                          max_query_length=16, max_passage_length=16)
+        report = train_heads(tiny_ckpt, _pairs(16), out, cfg, cache_dir=tmp_path / "cache")
+        assert ("colbert_anchor" in report["loss_last"]) == (anchor > 0)
+        w = torch.load(out / "colbert_linear.pt", weights_only=True)["weight"].float()
+        return float((w - torch.eye(w.shape[0])).abs().max())
+
+    free, held = drift(0.0), drift(100.0)
+    assert free > 0.02
+    assert held < free / 4, (held, free)
+
+
+def test_colbert_interpolation_scales_the_move_from_the_identity(tiny_ckpt: Path, tmp_path: Path):
+    def head(alpha: float) -> dict[str, torch.Tensor]:
+        out = tmp_path / f"interp{alpha}"
+        cfg = TrainConfig(max_steps=4, batch_size=8, lr=2e-2, colbert_interpolation=alpha, show_progress=False,
+                          max_query_length=16, max_passage_length=16)
+        train_heads(tiny_ckpt, _pairs(16), out, cfg, cache_dir=tmp_path / "cache")
+        return torch.load(out / "colbert_linear.pt", weights_only=True)
+
+    full, half, none = head(1.0), head(0.5), head(0.0)
+    eye = torch.eye(full["weight"].shape[0])
+    torch.testing.assert_close(half["weight"] - eye, 0.5 * (full["weight"] - eye), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(half["bias"], 0.5 * full["bias"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(none["weight"], eye)
+    assert float((full["weight"] - eye).abs().max()) > 0.02
 
 
 def test_unfrozen_backbone_is_trained_and_saved(tiny_ckpt: Path, tiny_encoder: M3Encoder, tmp_path: Path):
