@@ -120,7 +120,7 @@ def test_bundled_model_declares_fusion_weights_and_eval_uses_them(monkeypatch):
     from m3_rag import eval as m3_eval
 
     enc = M3Encoder.from_pretrained("minilm-m3", device="cpu")
-    assert enc.fusion_weights == {"dense": 1.0, "sparse": 0.3, "colbert": 2.0}
+    assert enc.fusion_weights == {"dense": 1.0, "sparse": 0.3, "colbert": 5.0}
     seen = []
 
     class FakeStore:
