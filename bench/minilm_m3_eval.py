@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/minilm_m3_eval.py cache                # run the backbone once per collection (fp16 cache)
+    python bench/minilm_m3_eval.py cache [--datasets-dir ../shared/datasets] [--cache-dir DIR]   # backbone once per collection
     python bench/minilm_m3_eval.py table --model minilm-m3 --json out.json --markdown out.md
 
 Rows: BM25 (bm25s + PyStemmer English stemmer), BM25 over the model's own WordPiece tokens (what the
@@ -22,13 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-DATASETS = Path("/work/shared/datasets")
-CACHE = Path("/work/data/evalcache")
+REPO = Path(__file__).resolve().parents[1]
+#: BEIR-layout collections (``--datasets-dir``; default: ``../shared/datasets`` next to the repository).
+DATASETS = REPO.parent / "shared" / "datasets"
+#: Token-state cache of the backbone per collection (``--cache-dir``).
+CACHE = Path.home() / ".cache" / "m3_rag" / "minilm_m3_eval"
 COLLECTIONS = ("med", "cranfield", "cisi", "cacm", "npl", "lisa")
 
 
-def read_collection(name: str, root: Path = DATASETS):
-    folder = root / name
+def read_collection(name: str, root: Path | None = None):
+    folder = (root or DATASETS) / name
     docs = [json.loads(l) for l in open(folder / "corpus.jsonl", encoding="utf-8")]
     queries = [json.loads(l) for l in open(folder / "queries.jsonl", encoding="utf-8")]
     qrels: dict[str, dict[str, int]] = {}
@@ -278,6 +281,7 @@ def cmd_table(args) -> None:
 
 
 def main(argv=None) -> None:
+    global DATASETS, CACHE
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("cache")
@@ -294,7 +298,11 @@ def main(argv=None) -> None:
     t.add_argument("--json", default=None)
     t.add_argument("--markdown", default=None)
     t.set_defaults(func=cmd_table)
+    for sp in (c, t):
+        sp.add_argument("--datasets-dir", type=Path, default=DATASETS, help="folder of BEIR-layout collections")
+        sp.add_argument("--cache-dir", type=Path, default=CACHE, help="token-state cache folder")
     args = p.parse_args(argv)
+    DATASETS, CACHE = args.datasets_dir, args.cache_dir
     args.func(args)
 
 
