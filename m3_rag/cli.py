@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+from ._jsonl import iter_jsonl
+
 if TYPE_CHECKING:
     from .encoder import M3Encoder
     from .store import HybridStore
@@ -231,25 +233,18 @@ def chunk_text(text: str, *, max_words: int = DEFAULT_CHUNK_WORDS, overlap: int 
 
 
 def _jsonl_docs(path: Path, rel: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CLIError(f"{path}, line {lineno}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise CLIError(f'{path}, line {lineno}: expected a JSON object with a string "text" field')
-            doc_id = obj.get("_id", obj.get("id"))
-            doc_id = f"{rel}:{lineno}" if doc_id is None else str(doc_id)
-            title = obj.get("title") or ""
-            if not isinstance(title, str):
-                raise CLIError(f'{path}, line {lineno}: "title" must be a string')
-            meta = obj.get("metadata") or {}
-            if not isinstance(meta, dict):
-                raise CLIError(f'{path}, line {lineno}: "metadata" must be a JSON object')
-            yield doc_id, (title + "\n\n" + obj["text"]).strip() if title else obj["text"], {"source": rel, **meta}
+    for lineno, obj in iter_jsonl(path, CLIError):
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            raise CLIError(f'{path}, line {lineno}: expected a JSON object with a string "text" field')
+        doc_id = obj.get("_id", obj.get("id"))
+        doc_id = f"{rel}:{lineno}" if doc_id is None else str(doc_id)
+        title = obj.get("title") or ""
+        if not isinstance(title, str):
+            raise CLIError(f'{path}, line {lineno}: "title" must be a string')
+        meta = obj.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise CLIError(f'{path}, line {lineno}: "metadata" must be a JSON object')
+        yield doc_id, (title + "\n\n" + obj["text"]).strip() if title else obj["text"], {"source": rel, **meta}
 
 
 def read_documents(path: str | os.PathLike[str]) -> list[tuple[str, str, dict[str, Any]]]:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ._jsonl import iter_jsonl
 from .fusion import DEFAULT_WEIGHTS, FUSIONS, fuse_weighted
 from .types import MODES, M3Output
 
@@ -122,17 +123,10 @@ def _read_jsonl(path: Path, kind: str) -> Iterable[tuple[int, dict[str, Any]]]:
             f"{path}: file not found. A BEIR collection folder needs corpus.jsonl, queries.jsonl and "
             f"qrels/<split>.tsv (missing the {kind})."
         )
-    with path.open(encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}, line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
-            if not isinstance(obj, dict):
-                raise DatasetError(f"{path}, line {lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    for lineno, obj in iter_jsonl(path, DatasetError, encoding="utf-8-sig"):
+        if not isinstance(obj, dict):
+            raise DatasetError(f"{path}, line {lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
 
 
 def _field_id(obj: Mapping[str, Any], path: Path, lineno: int) -> str:

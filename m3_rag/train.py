@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ._jsonl import iter_jsonl
 from .encoder import COLBERT_FILE, SPARSE_FILE, M3Encoder
 
 __all__ = [
@@ -75,26 +76,19 @@ def load_pairs(path: str | os.PathLike[str], limit: int | None = None) -> list[t
     positive is used; extra keys are ignored), or ``{"query": str, "positive": str}``.
     """
     pairs: list[tuple[str, str]] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
-            query = row.get("query") if isinstance(row, dict) else None
-            pos = row.get("pos", row.get("positive")) if isinstance(row, dict) else None
-            if isinstance(pos, list):
-                pos = pos[0] if pos else None
-            if not isinstance(query, str) or not isinstance(pos, str):
-                raise ValueError(
-                    f"{path}:{lineno}: expected {{'query': str, 'pos': [str]}} or {{'query': str, 'positive': str}}; "
-                    f"got keys {sorted(row) if isinstance(row, dict) else type(row).__name__}"
-                )
-            pairs.append((query, pos))
-            if limit is not None and len(pairs) >= limit:
-                break
+    for lineno, row in iter_jsonl(path):
+        query = row.get("query") if isinstance(row, dict) else None
+        pos = row.get("pos", row.get("positive")) if isinstance(row, dict) else None
+        if isinstance(pos, list):
+            pos = pos[0] if pos else None
+        if not isinstance(query, str) or not isinstance(pos, str):
+            raise ValueError(
+                f"{path}:{lineno}: expected {{'query': str, 'pos': [str]}} or {{'query': str, 'positive': str}}; "
+                f"got keys {sorted(row) if isinstance(row, dict) else type(row).__name__}"
+            )
+        pairs.append((query, pos))
+        if limit is not None and len(pairs) >= limit:
+            break
     if not pairs:
         raise ValueError(f"{path} holds no training pairs")
     return pairs
