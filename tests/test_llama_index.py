@@ -507,12 +507,13 @@ def test_doc_ids_and_node_ids(hs, embed):
 # ---------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     "mode",
-    [VectorStoreQueryMode.MMR, VectorStoreQueryMode.TEXT_SEARCH, VectorStoreQueryMode.SVM,
-     VectorStoreQueryMode.SEMANTIC_HYBRID, "bogus"],
+    [VectorStoreQueryMode.TEXT_SEARCH, VectorStoreQueryMode.SVM, VectorStoreQueryMode.SEMANTIC_HYBRID, "bogus"],
 )
 def test_unsupported_query_mode(index, mode):
     vs = index.vector_store
-    with pytest.raises(ValueError, match=r"supported: DEFAULT \('default'\), SPARSE \('sparse'\), HYBRID \('hybrid'\)"):
+    with pytest.raises(
+        ValueError, match=r"supported: DEFAULT \('default'\), SPARSE \('sparse'\), HYBRID \('hybrid'\), MMR \('mmr'\)"
+    ):
         vs.query(VectorStoreQuery(query_str="cat", mode=mode))  # type: ignore[arg-type]
 
 
@@ -545,10 +546,79 @@ def test_dense_query_embedding_without_text(index, hs, embed):
     assert res.ids == hit_ids(hs.search("France", k=3, modes="dense"))
 
 
+# ---------------------------------------------------------------------------------------------- MMR
+def test_mmr_matches_simple_vector_store(index, hs, embed):
+    """With the whole store as the pool, MMR picks and scores are SimpleVectorStore's, for any threshold."""
+    simple = VectorStoreIndex(make_nodes(), embed_model=embed)
+    for threshold in (0.0, 0.3, 0.5, 0.9, 1.0):
+        kw = {"mmr_threshold": threshold}
+        want = simple.as_retriever(vector_store_query_mode="mmr", similarity_top_k=5, vector_store_kwargs=kw)
+        got = index.as_retriever(
+            vector_store_query_mode="mmr", similarity_top_k=5, vector_store_kwargs={**kw, "mmr_prefetch_k": N}
+        )
+        for q in ("cats on a mat", "bread baking in the oven", "東京 🍣"):
+            w, g = want.retrieve(q), got.retrieve(q)
+            assert ids_of(g) == ids_of(w), (threshold, q)
+            np.testing.assert_allclose([r.score for r in g], [r.score for r in w], rtol=1e-5, atol=1e-6)
+
+
+def test_mmr_relevance_only_is_dense_order_and_low_threshold_diversifies(index, hs):
+    vs = index.vector_store
+    dense = hs.search("bread baking in the oven", k=4, modes="dense")
+    res = vs.query(VectorStoreQuery(query_str="bread baking in the oven", similarity_top_k=4, mode="mmr",
+                                    mmr_threshold=1.0))
+    assert res.ids == hit_ids(dense)
+    np.testing.assert_allclose(res.similarities, [h.score for h in dense], rtol=1e-5, atol=1e-6)
+    # the dense score of each picked node stays available next to the MMR score
+    for node, hit in zip(res.nodes, dense):
+        assert node.metadata[SCORES_KEY]["dense"] == pytest.approx(hit.score, abs=1e-6)
+    diverse = vs.query(VectorStoreQuery(query_str="bread baking in the oven", similarity_top_k=4, mode="mmr"),
+                       mmr_threshold=0.0, mmr_prefetch_k=N)
+    assert diverse.ids[0] == res.ids[0] and diverse.ids != res.ids
+
+
+def test_mmr_pool_filters_and_bare_embedding(index, hs, embed):
+    vs = index.vector_store
+    # the pool is the top mmr_prefetch_k dense hits: a pool of k gives the dense top k (in MMR order)
+    res = vs.query(VectorStoreQuery(query_str="France", similarity_top_k=3, mode="mmr"), mmr_prefetch_k=3)
+    assert set(res.ids) == set(hit_ids(hs.search("France", k=3, modes="dense")))
+    res = vs.query(VectorStoreQuery(query_str="France", similarity_top_k=3, mode="mmr"), mmr_prefetch_factor=1)
+    assert set(res.ids) == set(hit_ids(hs.search("France", k=3, modes="dense")))
+    pets = MetadataFilters(filters=[MetadataFilter(key="topic", value="pets")])
+    res = vs.query(VectorStoreQuery(query_str="cats", similarity_top_k=10, mode="mmr", filters=pets))
+    assert sorted(res.ids) == ["n0", "n5"]
+    vec = embed.get_query_embedding("France")
+    by_vector = vs.query(VectorStoreQuery(query_embedding=vec, similarity_top_k=4, mode="mmr"))
+    by_text = vs.query(VectorStoreQuery(query_str="France", similarity_top_k=4, mode="mmr"))
+    assert by_vector.ids == by_text.ids
+    assert len(vs.query(VectorStoreQuery(query_str="x", similarity_top_k=50, mode="mmr")).ids) == N  # k > corpus
+
+
+def test_mmr_bad_settings(index):
+    vs = index.vector_store
+    q = VectorStoreQuery(query_str="cat", mode="mmr")
+    for kwargs, match in [
+        ({"mmr_threshold": 1.5}, r"mmr_threshold must be a number in \[0, 1\]"),
+        ({"mmr_threshold": "0.5"}, r"mmr_threshold must be a number"),
+        ({"mmr_prefetch_k": 0}, r"mmr_prefetch_k'\] must be a positive int"),
+        ({"mmr_prefetch_factor": 0.5}, r"mmr_prefetch_factor must be a number >= 1"),
+        ({"mmr_prefetch_k": 5, "mmr_prefetch_factor": 2}, "either mmr_prefetch_k or mmr_prefetch_factor"),
+        ({"modes": "colbert"}, "only apply to query mode HYBRID"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            vs.query(q, **kwargs)
+    with pytest.raises(ValueError, match="mmr_threshold given twice"):
+        vs.query(VectorStoreQuery(query_str="cat", mode="mmr", mmr_threshold=0.2), mmr_threshold=0.7)
+    with pytest.raises(ValueError, match="only apply to query mode MMR"):
+        vs.query(VectorStoreQuery(query_str="cat"), mmr_threshold=0.5)
+    with pytest.raises(ValueError, match="only apply to query mode MMR"):
+        vs.query(VectorStoreQuery(query_str="cat", mode="hybrid", mmr_threshold=0.5))
+
+
 def test_empty_index(tiny_encoder, embed):
     vs = M3VectorStore(model=tiny_encoder, show_progress=False)
     index = VectorStoreIndex.from_vector_store(vs, embed_model=embed)
-    for mode in ("default", "sparse", "hybrid"):
+    for mode in ("default", "sparse", "hybrid", "mmr"):
         assert index.as_retriever(vector_store_query_mode=mode).retrieve("anything") == []
     with pytest.raises(ValueError, match="similarity_top_k"):
         index.as_retriever(similarity_top_k=0).retrieve("anything")

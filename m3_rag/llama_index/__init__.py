@@ -6,7 +6,7 @@ itself) is imported on first use:
 
 - :class:`M3Embedding` (``embedding.py``): a dense ``BaseEmbedding``.
 - :class:`M3VectorStore` (``vector_store.py``): a ``BasePydanticVectorStore`` over a ``HybridStore``
-  with the DEFAULT (dense), SPARSE and HYBRID query modes.
+  with the DEFAULT (dense), SPARSE, HYBRID and MMR query modes.
 - :class:`M3Retriever` (``retriever.py``): a ``BaseRetriever`` straight over a ``HybridStore``.
 - :class:`M3ColbertRerank` (``postprocessor.py``): ColBERT MaxSim reranking after any retriever.
 - :func:`to_metadata_predicate` (``filters.py``): ``MetadataFilters`` as a ``metadata -> bool`` callable.

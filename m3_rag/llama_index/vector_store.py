@@ -1,4 +1,4 @@
-"""``M3VectorStore``: a LlamaIndex vector store over a ``HybridStore``, with DEFAULT, SPARSE and HYBRID query modes.
+"""``M3VectorStore``: a LlamaIndex vector store over a ``HybridStore``, with DEFAULT, SPARSE, HYBRID and MMR query modes.
 
 How LlamaIndex calls map to the store:
 
@@ -20,14 +20,20 @@ How LlamaIndex calls map to the store:
               meaning): the dense pool is the top ``similarity_top_k``, the sparse pool the top
               ``sparse_top_k`` (default ``similarity_top_k``), and the ``hybrid_top_k`` (default
               ``similarity_top_k``) best of their union by the fused score are returned.
+  MMR         maximal marginal relevance on dense vectors: the top ``mmr_prefetch_k`` dense hits (default
+              ``max(20, 4 * similarity_top_k)``; or ``mmr_prefetch_factor * similarity_top_k``) are re-ranked
+              by LlamaIndex's ``get_top_k_mmr_embeddings`` with ``mmr_threshold`` (``vector_store_kwargs`` or
+              ``VectorStoreQuery.mmr_threshold``; default 0.5, 1 = relevance only). ``similarities`` are
+              the MMR scores, as ``SimpleVectorStore`` returns them; the dense score is in ``m3_scores``.
   ==========  ======================================================================================
 
-  Any other mode raises ``ValueError`` listing these three.
+  Any other mode raises ``ValueError`` listing these four.
 - ``vector_store_kwargs`` (``index.as_retriever(vector_store_kwargs={...})``), HYBRID mode unless noted:
   ``modes`` (e.g. ``("dense", "sparse", "colbert")`` for three-way fusion, ``"colbert"`` for ColBERT only),
   ``weights`` (sequence aligned with ``modes`` or ``{mode: weight}``; not together with ``alpha``),
   ``fusion`` (``"weighted"``, ``"rrf"`` or ``"dbsf"``), ``candidates`` (first-stage pool size),
-  ``explain`` (any mode: matched sparse tokens in ``node.metadata["m3_explain"]``).
+  ``explain`` (any mode: matched sparse tokens in ``node.metadata["m3_explain"]``); MMR mode only:
+  ``mmr_threshold``, ``mmr_prefetch_k``, ``mmr_prefetch_factor``.
 - Results: nodes rebuilt from the stored node JSON, ``similarities`` = fused scores, and the exact per-mode
   scores in ``node.metadata["m3_scores"]`` (excluded from the LLM and embedding views).
 - ``filters`` (every ``FilterOperator``, nested ``AND``/``OR``/``NOT``; see ``filters.py``) and ``doc_ids`` are
@@ -68,13 +74,48 @@ SUPPORTED_QUERY_MODES: tuple[VectorStoreQueryMode, ...] = (
     VectorStoreQueryMode.DEFAULT,
     VectorStoreQueryMode.SPARSE,
     VectorStoreQueryMode.HYBRID,
+    VectorStoreQueryMode.MMR,
 )
 #: The keys ``query(..., **kwargs)`` (``vector_store_kwargs``) accepts.
-QUERY_KWARGS: tuple[str, ...] = ("modes", "weights", "fusion", "candidates", "explain")
+QUERY_KWARGS: tuple[str, ...] = (
+    "modes", "weights", "fusion", "candidates", "explain", "mmr_threshold", "mmr_prefetch_k", "mmr_prefetch_factor",
+)
 _HYBRID_ONLY_KWARGS = ("modes", "weights", "fusion", "candidates")
+_MMR_ONLY_KWARGS = ("mmr_threshold", "mmr_prefetch_k", "mmr_prefetch_factor")
+#: MMR candidate pool without ``mmr_prefetch_k``/``mmr_prefetch_factor``: this many times ``similarity_top_k``
+#: dense hits (at least ``MMR_MIN_PREFETCH``).
+MMR_PREFETCH_FACTOR = 4.0
+MMR_MIN_PREFETCH = 20
 _FIRST_STAGE = ("dense", "sparse")
 _STORE_METHODS = ("add", "search", "search_encoded", "get", "delete", "ids", "clear", "save")
 NAMESPACE_SEP = "__"
+
+
+def _mmr_settings(query: VectorStoreQuery, kwargs: Mapping[str, Any], top_k: int) -> tuple[float, int]:
+    """``(mmr_threshold, prefetch)`` for an MMR query, validated."""
+    threshold = kwargs.get("mmr_threshold")
+    if threshold is not None and query.mmr_threshold is not None and threshold != query.mmr_threshold:
+        raise ValueError(
+            f"mmr_threshold given twice with different values ({query.mmr_threshold!r} on the query, "
+            f"{threshold!r} in vector_store_kwargs)"
+        )
+    threshold = query.mmr_threshold if threshold is None else threshold
+    if threshold is None:
+        threshold = 0.5
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"mmr_threshold must be a number in [0, 1] (1 = relevance only, 0 = diversity only); got {threshold!r}")
+    if "mmr_prefetch_k" in kwargs and "mmr_prefetch_factor" in kwargs:
+        raise ValueError("give either mmr_prefetch_k or mmr_prefetch_factor, not both")
+    if "mmr_prefetch_k" in kwargs:
+        prefetch = check_top_k(kwargs["mmr_prefetch_k"], "vector_store_kwargs['mmr_prefetch_k']")
+    else:
+        factor = kwargs.get("mmr_prefetch_factor", MMR_PREFETCH_FACTOR)
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 1.0:
+            raise ValueError(f"mmr_prefetch_factor must be a number >= 1; got {factor!r}")
+        prefetch = int(np.ceil(factor * top_k))
+        if "mmr_prefetch_factor" not in kwargs:
+            prefetch = max(prefetch, MMR_MIN_PREFETCH)
+    return float(threshold), max(prefetch, top_k)
 
 
 def _supported_text() -> str:
@@ -82,7 +123,7 @@ def _supported_text() -> str:
 
 
 class M3VectorStore(BasePydanticVectorStore):
-    """A LlamaIndex vector store over an m3_rag ``HybridStore``: dense, sparse and hybrid query modes.
+    """A LlamaIndex vector store over an m3_rag ``HybridStore``: dense, sparse, hybrid and MMR query modes.
 
     Build it from a model (a new in-memory ``HybridStore``) or around an existing store::
 
@@ -243,7 +284,14 @@ class M3VectorStore(BasePydanticVectorStore):
         top_k = check_top_k(query.similarity_top_k, "similarity_top_k")
         sparse_top_k = None if query.sparse_top_k is None else check_top_k(query.sparse_top_k, "sparse_top_k")
         hybrid_top_k = None if query.hybrid_top_k is None else check_top_k(query.hybrid_top_k, "hybrid_top_k")
-        plan: dict[str, Any] = {"explain": bool(kwargs.get("explain", False)), "depths": None}
+        plan: dict[str, Any] = {"explain": bool(kwargs.get("explain", False)), "depths": None, "mmr": None}
+        if mode != VectorStoreQueryMode.MMR:
+            misplaced = [k for k in _MMR_ONLY_KWARGS if k in kwargs]
+            if misplaced or query.mmr_threshold is not None:
+                raise ValueError(
+                    f"{misplaced or 'mmr_threshold'} only apply to query mode MMR; got mode {mode.name}. "
+                    "Use vector_store_query_mode='mmr'."
+                )
         if mode != VectorStoreQueryMode.HYBRID:
             misplaced = [k for k in _HYBRID_ONLY_KWARGS if k in kwargs]
             if misplaced:
@@ -251,7 +299,9 @@ class M3VectorStore(BasePydanticVectorStore):
                     f"vector_store_kwargs {misplaced} only apply to query mode HYBRID; got mode {mode.name}. "
                     "Use vector_store_query_mode='hybrid' (e.g. with modes=('colbert',) for ColBERT alone)."
                 )
-            if mode == VectorStoreQueryMode.DEFAULT:
+            if mode == VectorStoreQueryMode.MMR:
+                plan.update(modes=("dense",), k=top_k, mmr=_mmr_settings(query, kwargs, top_k))
+            elif mode == VectorStoreQueryMode.DEFAULT:
                 plan.update(modes=("dense",), k=top_k)
             else:
                 plan.update(modes=("sparse",), k=sparse_top_k or top_k)
@@ -302,8 +352,10 @@ class M3VectorStore(BasePydanticVectorStore):
             )
         if len(self._store) == 0:
             return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
-        depths = plan.pop("depths")
+        depths, mmr = plan.pop("depths"), plan.pop("mmr")
         settings = {k: v for k, v in plan.items() if v is not None}
+        if mmr is not None:
+            return self._query_mmr(query, mmr, search_filter, ids, settings)
         if query.query_str is None:
             encoded = M3Output(dense=np.asarray([query.query_embedding], dtype=np.float32))
             hits = self._store.search_encoded(encoded, filter=search_filter, ids=ids, **settings)
@@ -315,6 +367,42 @@ class M3VectorStore(BasePydanticVectorStore):
             nodes=[hit_to_node(h) for h in hits],
             similarities=[float(h.score) for h in hits],
             ids=[h.id for h in hits],
+        )
+
+    def _query_mmr(
+        self, query: VectorStoreQuery, mmr: tuple[float, int], search_filter: Any, ids: set[str] | None, settings: dict
+    ) -> VectorStoreQueryResult:
+        """MMR mode: the top ``prefetch`` dense hits, re-ranked by LlamaIndex's own ``get_top_k_mmr_embeddings``
+        over the stored dense vectors (so the same pool gives exactly what ``SimpleVectorStore`` gives)."""
+        from llama_index.core.indices.query.embedding_utils import get_top_k_mmr_embeddings
+
+        threshold, prefetch = mmr
+        if query.query_str is None:
+            encoded = M3Output(dense=np.asarray([query.query_embedding], dtype=np.float32))
+        else:
+            encoded = self._store.encoder.encode_queries(
+                [query.query_str], dense=True, sparse=bool(settings["explain"]), colbert=False, show_progress_bar=False
+            )
+        pool = self._store.search_encoded(
+            encoded, k=max(prefetch, settings["k"]), modes=("dense",), filter=search_filter, ids=ids,
+            explain=settings["explain"],
+        )
+        if not pool:
+            return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
+        stored_ids, stored, _, _ = self._store.export([h.id for h in pool])
+        row = {id_: i for i, id_ in enumerate(stored_ids)}
+        vectors = [stored.dense[row[h.id]].tolist() for h in pool]  # type: ignore[index]
+        scores, picked = get_top_k_mmr_embeddings(
+            encoded.dense[0].tolist(),  # type: ignore[index]
+            vectors,
+            similarity_top_k=settings["k"],
+            embedding_ids=list(range(len(pool))),
+            mmr_threshold=threshold,
+        )
+        return VectorStoreQueryResult(
+            nodes=[hit_to_node(pool[i]) for i in picked],
+            similarities=[float(s) for s in scores],
+            ids=[pool[i].id for i in picked],
         )
 
     def _search_pools(
