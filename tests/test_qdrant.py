@@ -427,6 +427,7 @@ def test_llama_index_adapter_accepts_qdrant_store(pair):
         (VectorStoreQueryMode.DEFAULT, {}),
         (VectorStoreQueryMode.SPARSE, {}),
         (VectorStoreQueryMode.HYBRID, {"modes": ("dense", "sparse", "colbert"), "fusion": "rrf"}),
+        (VectorStoreQueryMode.MMR, {"mmr_threshold": 0.3}),
     ):
         query = VectorStoreQuery(query_str="chronic kidney disease", similarity_top_k=6, mode=mode, filters=filters)
         a = M3VectorStore(store=hybrid).query(query, **kwargs)
