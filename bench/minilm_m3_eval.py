@@ -4,6 +4,7 @@ Usage::
 
     python bench/minilm_m3_eval.py cache [--datasets-dir ../shared/datasets] [--cache-dir DIR]   # backbone once per collection
     python bench/minilm_m3_eval.py table --model minilm-m3 --json out.json --markdown out.md
+    python bench/minilm_m3_eval.py fusions --model minilm-m3 --json fusions.json   # weighted vs RRF vs DBSF
 
 Rows: BM25 (bm25s + PyStemmer English stemmer), BM25 over the model's own WordPiece tokens (what the
 sparse head can match: exact token ids, no stemming), dense, zero-shot MaxSim (normalised raw token states,
@@ -280,6 +281,45 @@ def cmd_table(args) -> None:
     print(json.dumps(result))
 
 
+def cmd_fusions(args) -> None:
+    """Every fusion method of ``m3_rag.fusion`` over the model's three modes, as ``HybridStore`` fuses them:
+    per query, over the union of each mode's top ``--pool`` documents. Best grid weights per method."""
+    from m3_rag.fusion import fuse
+
+    mats = {}
+    for name in args.collections:
+        doc_ids, _, qids, _, qrels = read_collection(name)
+        base, mine = baseline_scores(name), model_scores(name, args.model)
+        mats[name] = (doc_ids, qids, qrels, {"dense": base["dense"], "sparse": mine["sparse"], "colbert": mine["colbert"]})
+        print("scored", name, file=sys.stderr, flush=True)
+    grid = []
+    for method in args.methods:
+        for ws in args.grid_sparse:
+            for wc in args.grid_colbert:
+                w = {"dense": 1.0, "sparse": ws, "colbert": wc}
+                per = {}
+                for name, (doc_ids, qids, qrels, S) in mats.items():
+                    full = np.full(S["dense"].shape, -np.inf)
+                    for qi in range(len(qids)):
+                        cand = np.unique(np.concatenate([np.argsort(-S[m][qi], kind="stable")[: args.pool] for m in S]))
+                        full[qi, cand] = fuse(method, {m: S[m][qi, cand] for m in S}, w)
+                    per[name] = round(ndcg10(full, doc_ids, qids, qrels), 4)
+                grid.append({"method": method, "sparse": ws, "colbert": wc, "mean": round(float(np.mean(list(per.values()))), 4),
+                             "per_collection": per})
+                print(method, ws, wc, grid[-1]["mean"], file=sys.stderr, flush=True)
+    best = {}
+    for g in grid:
+        if g["method"] not in best or g["mean"] > best[g["method"]]["mean"]:
+            best[g["method"]] = {"weights": {"dense": 1.0, "sparse": g["sparse"], "colbert": g["colbert"]},
+                                 "mean": g["mean"], "per_collection": g["per_collection"]}
+    out = {"note": f"mean nDCG@10; per query over the union of each mode's top {args.pool}; model {args.model}",
+           "best": best, "grid": [{k: g[k] for k in ("method", "sparse", "colbert", "mean")} for g in grid]}
+    text = json.dumps(out, indent=1)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+
+
 def main(argv=None) -> None:
     global DATASETS, CACHE
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -298,7 +338,16 @@ def main(argv=None) -> None:
     t.add_argument("--json", default=None)
     t.add_argument("--markdown", default=None)
     t.set_defaults(func=cmd_table)
-    for sp in (c, t):
+    f = sub.add_parser("fusions", help="every fusion method over the three modes, best grid weights per method")
+    f.add_argument("--model", default="minilm-m3")
+    f.add_argument("--collections", nargs="+", default=list(COLLECTIONS))
+    f.add_argument("--methods", nargs="+", default=["dbsf", "rrf", "weighted"])
+    f.add_argument("--grid-sparse", nargs="+", type=float, default=[0.3, 0.5, 0.7, 1.0])
+    f.add_argument("--grid-colbert", nargs="+", type=float, default=[0.5, 1.0, 1.5, 2.0, 3.0, 5.0])
+    f.add_argument("--pool", type=int, default=100, help="candidates per mode (HybridStore's default)")
+    f.add_argument("--json", default=None)
+    f.set_defaults(func=cmd_fusions)
+    for sp in (c, t, f):
         sp.add_argument("--datasets-dir", type=Path, default=DATASETS, help="folder of BEIR-layout collections")
         sp.add_argument("--cache-dir", type=Path, default=CACHE, help="token-state cache folder")
     args = p.parse_args(argv)
