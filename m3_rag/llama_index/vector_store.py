@@ -118,6 +118,11 @@ def _mmr_settings(query: VectorStoreQuery, kwargs: Mapping[str, Any], top_k: int
     return float(threshold), max(prefetch, top_k)
 
 
+def _embedding_query(query: VectorStoreQuery) -> M3Output:
+    """A query given only as ``query_embedding``, as a one-row dense ``M3Output``."""
+    return M3Output(dense=np.asarray([query.query_embedding], dtype=np.float32))
+
+
 def _supported_text() -> str:
     return ", ".join(f"{m.name} ({m.value!r})" for m in SUPPORTED_QUERY_MODES)
 
@@ -357,8 +362,7 @@ class M3VectorStore(BasePydanticVectorStore):
         if mmr is not None:
             return self._query_mmr(query, mmr, search_filter, ids, settings)
         if query.query_str is None:
-            encoded = M3Output(dense=np.asarray([query.query_embedding], dtype=np.float32))
-            hits = self._store.search_encoded(encoded, filter=search_filter, ids=ids, **settings)
+            hits = self._store.search_encoded(_embedding_query(query), filter=search_filter, ids=ids, **settings)
         elif depths is None:
             hits = self._store.search(query.query_str, filter=search_filter, ids=ids, **settings)
         else:
@@ -378,14 +382,13 @@ class M3VectorStore(BasePydanticVectorStore):
 
         threshold, prefetch = mmr
         if query.query_str is None:
-            encoded = M3Output(dense=np.asarray([query.query_embedding], dtype=np.float32))
+            encoded = _embedding_query(query)
         else:
             encoded = self._store.encoder.encode_queries(
-                [query.query_str], dense=True, sparse=bool(settings["explain"]), colbert=False, show_progress_bar=False
+                [query.query_str], dense=True, sparse=settings["explain"], colbert=False, show_progress_bar=False
             )
         pool = self._store.search_encoded(
-            encoded, k=max(prefetch, settings["k"]), modes=("dense",), filter=search_filter, ids=ids,
-            explain=settings["explain"],
+            encoded, k=prefetch, modes=("dense",), filter=search_filter, ids=ids, explain=settings["explain"]
         )
         if not pool:
             return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
