@@ -61,5 +61,9 @@ def build_store(docs: list, queries: list, store_cls: Any = None, **store_kwargs
 
 
 def search_run(store: Any, qenc: Any, modes: tuple[str, ...], fusion: str, flt: Any) -> list:
-    res = store.search_encoded_batch(qenc, k=K, modes=modes, fusion=fusion, filter=flt, weights=None)
+    from m3_rag.fusion import DEFAULT_WEIGHTS
+
+    # FlagEmbedding's weights, explicitly: the snapshot was taken when they were the store default.
+    weights = {m: DEFAULT_WEIGHTS[m] for m in modes} if fusion == "weighted" else None
+    res = store.search_encoded_batch(qenc, k=K, modes=modes, fusion=fusion, filter=flt, weights=weights)
     return [[[h.id, float(h.score), {m: float(v) for m, v in sorted(h.scores.items())}] for h in hits] for hits in res]
