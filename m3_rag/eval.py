@@ -700,7 +700,7 @@ def sweep_weights(
             for j, m in enumerate(modes):
                 hits = store.search_encoded(queries[i], k=len(union), modes=m, ids=union)
                 exact = {h.id: h.score for h in hits}
-                mat[:, j] = [exact[d] for d in union]
+                mat[:, j] = [exact.get(d, 0.0) for d in union]  # sparse alone omits non-matching documents (score 0)
         per_query[qid] = (union, mat)
 
     def score(weights: Sequence[float], ids: Sequence[str]) -> float:

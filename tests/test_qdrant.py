@@ -325,7 +325,7 @@ def test_bad_input_errors():
         QdrantHybridStore(":memory:", "x", dense_distance="euclid")
     dense_only = QdrantHybridStore(":memory:", "d", show_progress=False)
     dense_only.add_encoded(M3Output(dense=_synthetic(2).dense), ids=["a", "b"])
-    with pytest.raises(ValueError, match="not held"):
+    with pytest.raises(ValueError, match="holds no"):
         dense_only.search_encoded(q, modes=("dense", "sparse"))
 
 

@@ -40,24 +40,22 @@ fp32); and a server's approximate HNSW for the first stages (local mode is alway
 
 from __future__ import annotations
 
-import math
 import threading
 import uuid
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 import numpy as np
 
-from .fusion import FUSIONS, RRF_K
-from .store import check_modes, check_rows
-from .types import MODES, Hit, M3Output, Record
+from ..validation import check_rows
+from ..types import MODES, Hit, M3Output, Record
 
 if TYPE_CHECKING:  # pragma: no cover
     from qdrant_client import QdrantClient
 
-    from .encoder import M3Encoder
-    from .store import HybridStore
+    from ..encoder import M3Encoder
+    from ..store import HybridStore
 
 __all__ = ["QdrantHybridStore", "QdrantWriteError", "point_id", "to_qdrant_filter", "M3_NAMESPACE"]
 
@@ -75,7 +73,6 @@ FORMAT_VERSION = 1
 DENSE_DISTANCES = ("cosine", "dot")
 COLBERT_QUANTIZATIONS = (None, "scalar", "binary")
 COLBERT_DATATYPES = ("float32", "float16")
-_TIE_MARGIN = 16  # extra hits fetched in single-mode search so that exact ties are broken by insertion order
 
 
 class QdrantWriteError(RuntimeError):
@@ -104,158 +101,9 @@ def point_id(doc_id: str) -> str:
     return str(uuid.uuid5(M3_NAMESPACE, doc_id))
 
 
-# ---------------------------------------------------------------------------------------------- filters
-_COMPARISONS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists", "$contains")
-_LOGICAL = ("$and", "$or", "$not")
+from .filters import to_qdrant_filter  # noqa: E402
 
 
-def _field_key(key: str) -> str:
-    if not isinstance(key, str) or not key:
-        raise ValueError(f"filter field names must be non-empty strings; got {key!r}")
-    if key.startswith("$"):
-        raise ValueError(f"unknown filter operator {key!r}; logical operators are {', '.join(_LOGICAL)}")
-    if '"' in key:
-        raise ValueError(f"filter field {key!r} contains a double quote, which Qdrant payload paths cannot express")
-    if all(c.isalnum() or c in "_-" for c in key):
-        return f"{PAYLOAD_META}.{key}"
-    return f'{PAYLOAD_META}."{key}"'
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _eq_condition(models: Any, key: str, value: Any) -> Any:
-    """A condition true when the field equals ``value`` (numbers compare numerically, like Python)."""
-    if value is None:
-        return models.IsNullCondition(is_null=models.PayloadField(key=key))
-    if isinstance(value, (bool, str)):
-        return models.FieldCondition(key=key, match=models.MatchValue(value=value))
-    if _is_number(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"filter on {key!r}: non-finite number {value!r} cannot be matched in Qdrant")
-        return models.FieldCondition(key=key, range=models.Range(gte=value, lte=value))
-    raise ValueError(
-        f"filter on {key!r}: cannot translate equality with {type(value).__name__} value {value!r:.60} to a Qdrant "
-        "payload filter; use str, int, float, bool or None values"
-    )
-
-
-def _any_of(models: Any, key: str, values: Any, op: str) -> Any:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        raise ValueError(f"filter on {key!r}: {op} needs a list of values; got {values!r:.60}")
-    values = list(values)
-    if not values:
-        return None  # matches nothing
-    conds = [_eq_condition(models, key, v) for v in values]
-    return conds[0] if len(conds) == 1 else models.Filter(should=conds)
-
-
-def _never(models: Any) -> Any:
-    # a filter that matches nothing: the empty HasId list
-    return models.Filter(must=[models.HasIdCondition(has_id=[])])
-
-
-def _range(models: Any, key: str, op: str, value: Any) -> Any:
-    if not _is_number(value):
-        raise ValueError(
-            f"filter on {key!r}: {op} with {type(value).__name__} value {value!r:.60} is not translatable; Qdrant range "
-            "conditions compare numbers only. Use a numeric field, or HybridStore for string ordering."
-        )
-    return models.FieldCondition(key=key, range=models.Range(**{op[1:]: value}))
-
-
-def _field_filter(models: Any, field: str, cond: Any) -> Any:
-    key = _field_key(field)
-    if not isinstance(cond, Mapping) or not any(isinstance(op, str) and op.startswith("$") for op in cond):
-        return _eq_condition(models, key, cond)  # a dict without operators is a value (untranslatable)
-    if not cond:
-        raise ValueError(f"filter on {field!r}: empty operator dict; use one of {', '.join(_COMPARISONS)}")
-    parts = []
-    for op, value in cond.items():
-        if op not in _COMPARISONS:
-            raise ValueError(f"unknown filter operator {op!r} on {field!r}; allowed: {', '.join(_COMPARISONS)}")
-        if op == "$eq":
-            parts.append(_eq_condition(models, key, value))
-        elif op == "$ne":
-            parts.append(models.Filter(must_not=[_eq_condition(models, key, value)]))
-        elif op in ("$gt", "$gte", "$lt", "$lte"):
-            parts.append(_range(models, key, op, value))
-        elif op == "$in":
-            c = _any_of(models, key, value, op)
-            parts.append(_never(models) if c is None else c)
-        elif op == "$nin":
-            c = _any_of(models, key, value, op)
-            if c is not None:
-                parts.append(models.Filter(must_not=[c]))
-        elif op == "$exists":
-            if not isinstance(value, bool):
-                raise ValueError(f"filter on {field!r}: $exists needs True or False; got {value!r}")
-            # present = not empty, or explicitly null (IsEmpty is also true for null values)
-            present = models.Filter(
-                should=[
-                    models.Filter(must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key=key))]),
-                    models.IsNullCondition(is_null=models.PayloadField(key=key)),
-                ]
-            )
-            parts.append(present if value else models.Filter(must_not=[present]))
-        elif op == "$contains":
-            if isinstance(value, str):
-                # list fields: some element contains the string; string fields: substring
-                parts.append(models.FieldCondition(key=key, match=models.MatchSubstring(substring=value)))
-            else:
-                parts.append(_eq_condition(models, key, value))  # list membership
-    return parts[0] if len(parts) == 1 else models.Filter(must=parts)
-
-
-def to_qdrant_filter(flt: Mapping[str, Any]) -> Any:
-    """Translate a ``HybridStore`` metadata filter dict into a ``qdrant_client.models.Filter``.
-
-    Supported: field equality ``{"a": 1}``; ``$eq $ne $gt $gte $lt $lte $in $nin $exists $contains``;
-    ``$and``/``$or`` (lists of filters) and ``$not`` (one filter). Fields address ``metadata.<field>``.
-
-    Differences from in-memory evaluation, all on odd data only: a condition on a list-valued field matches when
-    any element matches (Qdrant semantics); ``$exists`` treats an empty list as absent; ``$gt``-style
-    comparisons accept numbers only (Qdrant ranges are numeric); ``$contains`` with a string is a substring test
-    (on a list field: of any element).
-
-    Raises:
-        TypeError: for a callable (not translatable; ``QdrantHybridStore.search`` evaluates callables
-            client-side instead, see ``_build_filter``).
-        ValueError: for unknown operators or untranslatable values.
-    """
-    _, models = _qdrant()
-    if callable(flt) and not isinstance(flt, Mapping):
-        raise TypeError(
-            "QdrantHybridStore cannot send a Python callable filter to Qdrant; express it as a filter dict "
-            '(e.g. {"year": {"$gte": 2020}}) or use HybridStore for callable filters'
-        )
-    if not isinstance(flt, Mapping):
-        raise TypeError(f"filter must be a dict (or None); got {type(flt).__name__}")
-    return _translate(models, flt)
-
-
-def _translate(models: Any, flt: Mapping[str, Any]) -> Any:
-    if not isinstance(flt, Mapping):
-        raise TypeError(f"every sub-filter must be a dict; got {type(flt).__name__} ({flt!r:.60})")
-    must: list[Any] = []
-    for key, value in flt.items():
-        if key in ("$and", "$or"):
-            if not isinstance(value, (list, tuple)):
-                raise ValueError(f"{key} needs a list of filter dicts; got {value!r:.60}")
-            subs = [_translate(models, v) for v in value]
-            if key == "$and":
-                must.append(models.Filter(must=subs) if subs else models.Filter())
-            else:
-                must.append(models.Filter(should=subs) if subs else _never(models))
-        elif key == "$not":
-            must.append(models.Filter(must_not=[_translate(models, value)]))
-        else:
-            must.append(_field_filter(models, key, value))
-    return models.Filter(must=must)
-
-
-# ---------------------------------------------------------------------------------------------- store
 class QdrantHybridStore:
     """The ``HybridStore`` API over a Qdrant collection holding dense, sparse and ColBERT vectors.
 
@@ -523,7 +371,7 @@ class QdrantHybridStore:
 
         ``store_kwargs`` go to the ``HybridStore`` constructor (``encoder`` defaults to this store's encoder).
         """
-        from .store import HybridStore
+        from ..store import HybridStore
 
         store_kwargs.setdefault("encoder", self._encoder)
         if "colbert_dtype" not in store_kwargs and "colbert" in self._modes:
@@ -862,128 +710,72 @@ class QdrantHybridStore:
     def search(self, query: str, **kwargs: Any) -> list[Hit]:
         """Encode ``query`` (only the heads the requested modes need) and search; see :meth:`search_encoded`."""
         if not isinstance(query, str):
-            raise TypeError(f"query must be a str; got {type(query).__name__}")
+            raise TypeError(f"query must be a str; got {type(query).__name__}. Use search_batch for a list.")
         return self.search_batch([query], **kwargs)[0]
 
     def search_batch(self, queries: Sequence[str], **kwargs: Any) -> list[list[Hit]]:
         """:meth:`search` for several queries, encoded in one call."""
-        if isinstance(queries, str):
-            raise TypeError("queries must be a list of strings; for one query use search()")
-        queries = list(queries)
-        for i, q in enumerate(queries):
-            if not isinstance(q, str):
-                raise TypeError(f"queries[{i}] must be a str; got {type(q).__name__}")
+        from ..validation import check_queries
+
+        queries = check_queries(queries)
+        opts = self._options(kwargs)
         if self._encoder is None:
             raise ValueError("search needs an encoder; pass encoder= to QdrantHybridStore or use search_encoded")
-        modes = self._resolve_modes(kwargs.get("modes", MODES))
-        self._check_common(kwargs)
         if not queries:
             return []
         if not self._exists():
             return [[] for _ in queries]
-        need = set(modes) | ({"sparse"} if kwargs.get("explain") else set())
+        need = set(opts.modes)
         encoded = self._encoder.encode_queries(
             queries, dense="dense" in need, sparse="sparse" in need, colbert="colbert" in need, show_progress_bar=False
         )
-        return self.search_encoded_batch(encoded, **kwargs)
+        return self._search(encoded, opts)
+
+    def search_encoded(self, query: M3Output, **kwargs: Any) -> list[Hit]:
+        """Search with an encoded query (one row); same semantics and options as ``HybridStore.search_encoded``
+        (``k``, ``modes``, ``weights``, ``fusion``, ``candidates``, ``filter``, ``ids``, ``explain``), plus
+        ``server_fusion``: run RRF/DBSF on the server (approximate; see the module docstring; ``None`` uses the
+        constructor default). Dict filters become Qdrant payload filters applied before top-k."""
+        if not isinstance(query, M3Output):
+            raise TypeError(f"query must be an M3Output; got {type(query).__name__}")
+        if len(query) != 1:
+            raise ValueError(f"search_encoded needs an M3Output with exactly one row; got {len(query)} (use search_encoded_batch)")
+        return self.search_encoded_batch(query, **kwargs)[0]
 
     def search_encoded_batch(self, queries: M3Output, **kwargs: Any) -> list[list[Hit]]:
         """:meth:`search_encoded` for every row of ``queries``."""
         if not isinstance(queries, M3Output):
             raise TypeError(f"queries must be an M3Output; got {type(queries).__name__}")
-        return [self.search_encoded(queries[i], **kwargs) for i in range(len(queries))]
+        return self._search(queries, self._options(kwargs))
 
-    def search_encoded(
-        self,
-        query: M3Output,
-        *,
-        k: int = 10,
-        modes: str | Sequence[str] = MODES,
-        weights: Sequence[float] | Mapping[str, float] | None = None,
-        fusion: str = "weighted",
-        candidates: int | None = None,
-        filter: Mapping[str, Any] | Callable[[dict], bool] | None = None,
-        ids: Collection[str] | None = None,
-        explain: bool = False,
-        server_fusion: bool | None = None,
-    ) -> list[Hit]:
-        """Search with an encoded query (one row); same semantics as ``HybridStore.search_encoded``.
+    def _options(self, kwargs: Mapping[str, Any]) -> Any:
+        from ..search import parse_options
 
-        Args:
-            k: number of hits. modes: a mode or modes to search. weights: per-mode weights (sequence aligned with
-                ``modes`` or a dict). fusion: ``"weighted"``, ``"rrf"`` or ``"dbsf"``. candidates: first-stage
-                depth per mode (default ``max(100, k)``). filter: a metadata filter dict (translated to a Qdrant
-                payload filter, applied on the server before top-k; callables raise ``TypeError``).
-                ids: restrict to these document ids. explain: fill ``Hit.explain`` with matched sparse tokens.
-            server_fusion: run RRF/DBSF on the server (approximate; see the module docstring). ``None`` uses the
-                constructor default.
-        """
-        if not isinstance(query, M3Output):
-            raise TypeError(f"query must be an M3Output; got {type(query).__name__}")
-        if len(query) != 1:
-            raise ValueError(f"search_encoded takes a query with exactly one row; got {len(query)} (use search_encoded_batch)")
-        mode_t = self._resolve_modes(modes)
-        self._check_common({"k": k, "fusion": fusion, "candidates": candidates})
-        k = int(k)
-        candidates = None if candidates is None else int(candidates)
-        w = self._resolve_weights(mode_t, weights, fusion)
-        missing = [x for x in mode_t if x not in query.modes]
-        if missing:
-            raise ValueError(f"the query lacks the {missing} output(s) needed for modes {mode_t}; encode it with those heads")
-        if explain and "sparse" not in self._modes:
-            raise ValueError("explain=True needs sparse vectors in the store")
-        if explain and (self._encoder is None or query.sparse is None):
-            raise ValueError("explain=True needs an encoder (for token strings) and a sparse query")
-        qfilter = self._build_filter(filter, ids)
-        if qfilter is False or not self._exists():
-            return []
-        server = self.server_fusion if server_fusion is None else bool(server_fusion)
-        if server and fusion == "weighted" and len(mode_t) > 1:
+        opts = parse_options(self._modes, encoder=self._encoder, extra_names=("server_fusion",), **kwargs)
+        server = opts.extra.get("server_fusion")
+        server = self.server_fusion if server is None else bool(server)
+        if server and opts.fusion == "weighted" and len(opts.modes) > 1:
             raise ValueError("server_fusion=True supports fusion='rrf' or 'dbsf'; weighted fusion is computed exactly client-side")
-        qvec = self._query_vectors(query, mode_t)
-        q_sparse = query.sparse[0] if query.sparse is not None else None
-        n_colbert_q = int(np.asarray(query.colbert[0]).shape[0]) if "colbert" in mode_t else 1
-        if len(mode_t) == 1:
-            hits = self._search_single(mode_t[0], qvec, q_sparse, k, qfilter, n_colbert_q)
-        elif server and fusion in ("rrf", "dbsf"):
-            hits = self._search_server_fusion(mode_t, w, fusion, qvec, q_sparse, k, candidates, qfilter, n_colbert_q)
-        else:
-            hits = self._search_exact(mode_t, w, fusion, qvec, q_sparse, k, candidates, qfilter, n_colbert_q)
-        if explain:
-            self._explain(hits, query.sparse[0])
-        return hits
+        return opts
 
-    # -------------------------------------------------- validation helpers
-    def _resolve_modes(self, modes: Any) -> tuple[str, ...]:
-        mode_t = check_modes(modes)  # the same rules and messages as HybridStore
-        if self._modes:
-            absent = [x for x in mode_t if x not in self._modes]
-            if absent:
-                raise ValueError(
-                    f"mode(s) {absent} not held by collection {self.collection!r}, which holds {self._modes}; "
-                    "search those modes only"
-                )
-        return mode_t
+    def _search(self, queries: M3Output, opts: Any) -> list[list[Hit]]:
+        from ..search import run
+        from ..validation import check_query
+        from .backend import QdrantBackend
 
-    @staticmethod
-    def _check_common(kw: Mapping[str, Any]) -> None:
-        k = kw.get("k", 10)
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-            raise ValueError(f"k must be a positive int; got {k!r}")
-        fusion = kw.get("fusion", "weighted")
-        if fusion not in FUSIONS:
-            raise ValueError(f"unknown fusion {fusion!r}; allowed: {', '.join(FUSIONS)}")
-        cand = kw.get("candidates")
-        if cand is not None and (isinstance(cand, bool) or not isinstance(cand, (int, np.integer)) or cand <= 0):
-            raise ValueError(f"candidates must be a positive int or None; got {cand!r}")
+        if len(queries) == 0:
+            return []
+        if not self._exists():
+            return [[] for _ in range(len(queries))]
+        check_query(queries, opts.modes, self._dims)
+        backend = QdrantBackend(self)
+        server = opts.extra.get("server_fusion")
+        server = self.server_fusion if server is None else bool(server)
+        if server and opts.fusion in ("rrf", "dbsf") and len(opts.modes) > 1:
+            from .server_fusion import search_server_fusion
 
-    @staticmethod
-    def _resolve_weights(
-        modes: tuple[str, ...], weights: Sequence[float] | Mapping[str, float] | None, fusion: str
-    ) -> dict[str, float]:
-        from .fusion import resolve_weights
-
-        return resolve_weights(modes, weights, fusion)
+            return [search_server_fusion(self, backend, queries[i], opts) for i in range(len(queries))]
+        return run(backend, queries, opts)
 
     def _build_filter(self, flt: Any, ids: Collection[str] | None) -> Any:
         """A Qdrant ``Filter``, ``None`` for no restriction, or ``False`` when nothing can match.
@@ -992,7 +784,7 @@ class QdrantHybridStore:
         client-side over every stored metadata dict (one payload scroll per search), and the matching ids are
         sent as a ``HasIdCondition`` -- exact and still applied before top-k, but O(collection size) per search.
         """
-        from .filters import compile_filter
+        from ..filters import compile_filter
 
         m = self._models
         must = []
@@ -1016,249 +808,3 @@ class QdrantHybridStore:
         if pids is not None:
             must.append(m.HasIdCondition(has_id=pids))
         return m.Filter(must=must) if must else None
-
-    def _query_vectors(self, query: M3Output, modes: tuple[str, ...]) -> dict[str, Any]:
-        m = self._models
-        out: dict[str, Any] = {}
-        if "dense" in modes:
-            d = query.dense[0]
-            if d.shape[0] != self._dims["dense"]:
-                raise ValueError(f"query dense dimension {d.shape[0]} != collection dimension {self._dims['dense']}")
-            out["dense"] = d.astype(np.float32).tolist()
-        if "sparse" in modes:
-            items = sorted((int(t), float(w)) for t, w in query.sparse[0].items())
-            out["sparse"] = m.SparseVector(indices=[t for t, _ in items], values=[w for _, w in items])
-        if "colbert" in modes:
-            c = np.asarray(query.colbert[0], dtype=np.float32)
-            if c.shape[0] == 0:
-                raise ValueError("the query has no ColBERT token vectors")
-            if c.shape[1] != self._dims["colbert"]:
-                raise ValueError(f"query colbert dimension {c.shape[1]} != collection dimension {self._dims['colbert']}")
-            out["colbert"] = c.tolist()
-        return out
-
-    # -------------------------------------------------- search paths
-    # Scores: Qdrant finds the candidates; the per-mode scores are then computed exactly as HybridStore computes
-    # them, so fused rankings agree to the last bit wherever the inputs agree: dense and sparse from the
-    # candidates' stored vectors (returned with the same request; float32 inner product, float64 lexical sum),
-    # ColBERT MaxSim on the server (Qdrant sums over query tokens; divided here by their number, in float32).
-    def _score_colbert(self, raw: float, n_q: int) -> float:
-        return float(np.float32(raw) / np.float32(n_q))
-
-    def _rescore(self, points: Sequence[Any], modes: Sequence[str], qvec: dict[str, Any], q_sparse: Mapping[int, float] | None) -> dict[str, np.ndarray]:
-        """Exact dense/sparse scores of ``points`` (which carry those vectors), as HybridStore computes them."""
-        out: dict[str, np.ndarray] = {}
-        if "dense" in modes:
-            if points:
-                X = np.asarray([p.vector["dense"] for p in points], dtype=np.float32)
-                out["dense"] = X @ np.asarray(qvec["dense"], dtype=np.float32)
-            else:
-                out["dense"] = np.zeros(0, dtype=np.float32)
-        if "sparse" in modes:
-            q_items = list((q_sparse or {}).items())
-            vals = []
-            for p in points:
-                sv = p.vector.get("sparse") if p.vector else None
-                doc = {} if sv is None else dict(zip(sv.indices, sv.values))
-                acc = 0.0
-                for t, w in q_items:  # query-term order, float64: HybridStore's posting-list accumulation
-                    dw = doc.get(int(t))
-                    if dw is not None:
-                        acc += float(np.float32(dw)) * float(w)
-                vals.append(acc)
-            out["sparse"] = np.asarray(vals, dtype=np.float64)
-        return out
-
-    @staticmethod
-    def _faiss_dense(points: Sequence[Any], q: Sequence[float]) -> np.ndarray:
-        """Dense scores with FAISS's inner-product kernel: HybridStore's single-mode dense search uses it, and its
-        float32 rounding differs from numpy's BLAS in the last bit (enough to swap near-tied neighbours)."""
-        import faiss
-
-        X = np.ascontiguousarray([p.vector["dense"] for p in points], dtype=np.float32)
-        index = faiss.IndexFlatIP(X.shape[1])
-        index.add(X)
-        D, I = index.search(np.asarray([q], dtype=np.float32), len(points))
-        out = np.empty(len(points), dtype=np.float32)
-        out[I[0]] = D[0]
-        return out
-
-    def _hit(self, payload: Mapping[str, Any], score: float, scores: dict[str, float]) -> Hit:
-        return Hit(
-            id=payload[PAYLOAD_ID],
-            score=float(score),
-            text=payload.get(PAYLOAD_TEXT),
-            metadata=dict(payload.get(PAYLOAD_META) or {}),
-            scores=scores,
-        )
-
-    def _search_single(
-        self, mode: str, qvec: dict[str, Any], q_sparse: Mapping[int, float] | None, k: int, qfilter: Any, n_q: int
-    ) -> list[Hit]:
-        res = self.client.query_points(
-            self.collection, query=qvec[mode], using=mode, query_filter=qfilter, limit=k + _TIE_MARGIN,
-            with_payload=True, with_vectors=[mode] if mode != "colbert" else False,
-        ).points
-        if mode == "colbert":
-            scores = np.asarray([self._score_colbert(p.score, n_q) for p in res], dtype=np.float32)
-        elif mode == "dense" and res:
-            scores = self._faiss_dense(res, qvec["dense"])
-        else:
-            scores = self._rescore(res, (mode,), qvec, q_sparse)[mode]
-        scored = sorted(
-            ((float(s), p.payload) for s, p in zip(scores.tolist(), res)), key=lambda t: (-t[0], t[1][PAYLOAD_SEQ])
-        )
-        if mode == "sparse" and len(scored) < k:
-            scored += self._zero_fill(k - len(scored), [p.id for p in res], qfilter)
-        return [self._hit(pl, s, {mode: s}) for s, pl in scored[:k]]
-
-    def _zero_fill(self, n: int, exclude: list[Any], qfilter: Any) -> list[tuple[float, Mapping[str, Any]]]:
-        """Documents without any sparse overlap score exactly 0; take the first ``n`` in insertion order."""
-        m = self._models
-        must = [qfilter] if qfilter is not None else []
-        flt = m.Filter(must=must, must_not=[m.HasIdCondition(has_id=list(exclude))] if exclude else None)
-        points, _ = self.client.scroll(
-            self.collection, scroll_filter=flt, limit=n,
-            order_by=m.OrderBy(key=PAYLOAD_SEQ, direction=m.Direction.ASC), with_payload=True,
-        )
-        return [(0.0, p.payload) for p in points]
-
-    def _first_stages(self, modes: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(x for x in ("dense", "sparse") if x in modes) or ("colbert",)
-
-    def _candidate_prefetch(
-        self, modes: tuple[str, ...], qvec: dict[str, Any], depth: int, qfilter: Any
-    ) -> list[Any]:
-        m = self._models
-        return [m.Prefetch(query=qvec[f], using=f, limit=depth, filter=qfilter) for f in self._first_stages(modes)]
-
-    def _search_exact(
-        self,
-        modes: tuple[str, ...],
-        weights: dict[str, float],
-        fusion: str,
-        qvec: dict[str, Any],
-        q_sparse: Mapping[int, float] | None,
-        k: int,
-        candidates: int | None,
-        qfilter: Any,
-        n_q: int,
-    ) -> list[Hit]:
-        """HybridStore's multi-mode search with Qdrant doing the retrieval; fusion client-side.
-
-        Usually one batched request: a query whose prefetches are the first stages (top ``candidates`` of dense
-        and sparse, filtered) and which rescores their union with ColBERT MaxSim -- the "prefetch dense+sparse,
-        ColBERT rerank" query -- (or with dense when ColBERT is not searched), returning every candidate with its
-        payload and dense/sparse vectors for exact scoring. Like ``HybridStore``, the sparse first stage is topped
-        up with zero-score documents (in insertion order) when fewer than ``candidates`` documents share a token
-        with the query; the enlarged candidate set is then fetched with a second request.
-        """
-        from .fusion import fuse
-
-        m = self._models
-        depth = max(candidates if candidates is not None else 100, k)
-        stages = self._first_stages(modes)
-        anchor = "colbert" if "colbert" in modes else "dense"
-        vectors = [x for x in ("dense", "sparse") if x in modes] or False
-        requests = [
-            m.QueryRequest(
-                prefetch=self._candidate_prefetch(modes, qvec, depth, qfilter), query=qvec[anchor], using=anchor,
-                filter=qfilter, limit=depth * len(stages), with_payload=True, with_vector=vectors,
-            )
-        ]
-        if "sparse" in stages:  # the sparse first stage alone: is it short of `depth` documents?
-            requests.append(m.QueryRequest(query=qvec["sparse"], using="sparse", filter=qfilter, limit=depth, with_payload=False))
-        responses = self.client.query_batch_points(self.collection, requests=requests)
-        points = list(responses[0].points)
-        if "sparse" in stages and len(responses[1].points) < depth:
-            matched = [p.id for p in responses[1].points]
-            fill = self._zero_fill(depth - len(matched), matched, qfilter)
-            union = {p.id for p in points}
-            extra = sorted({point_id(pl[PAYLOAD_ID]) for _, pl in fill} - union)
-            if extra:
-                only = m.Filter(must=[m.HasIdCondition(has_id=sorted(union) + extra)])
-                points = self.client.query_points(
-                    self.collection, query=qvec[anchor], using=anchor, query_filter=only, limit=len(union) + len(extra),
-                    with_payload=True, with_vectors=vectors,
-                ).points
-        if not points:
-            return []
-        points.sort(key=lambda p: p.payload[PAYLOAD_SEQ])  # candidates in insertion order
-        score_arrays: dict[str, np.ndarray] = self._rescore(points, modes, qvec, q_sparse)
-        if "colbert" in modes:
-            score_arrays["colbert"] = np.asarray([self._score_colbert(p.score, n_q) for p in points], dtype=np.float32)
-        score_arrays = {mode: score_arrays[mode] for mode in modes}
-        fused = np.asarray(fuse(fusion, score_arrays, weights), dtype=np.float64)
-        top = np.argsort(-fused, kind="stable")[:k]
-        return [
-            self._hit(points[i].payload, fused[i], {mode: float(score_arrays[mode][i]) for mode in modes}) for i in top
-        ]
-
-    def _search_server_fusion(
-        self,
-        modes: tuple[str, ...],
-        weights: dict[str, float],
-        fusion: str,
-        qvec: dict[str, Any],
-        q_sparse: Mapping[int, float] | None,
-        k: int,
-        candidates: int | None,
-        qfilter: Any,
-        n_q: int,
-    ) -> list[Hit]:
-        """RRF/DBSF fused on the server (approximate, see the module docstring); the per-mode scores of the
-        top-k are then computed exactly, as in :meth:`_search_exact`."""
-        m = self._models
-        depth = max(candidates if candidates is not None else 100, k)
-        stages = self._first_stages(modes)
-        prefetch = self._candidate_prefetch(modes, qvec, depth, qfilter)
-        sources = list(prefetch)
-        src_modes = list(stages)
-        if "colbert" in modes and "colbert" not in stages:  # ColBERT ranks the dense+sparse candidates
-            sources.append(
-                m.Prefetch(prefetch=prefetch, query=qvec["colbert"], using="colbert", limit=depth * len(stages))
-            )
-            src_modes.append("colbert")
-        if fusion == "rrf":
-            q = m.RrfQuery(rrf=m.Rrf(k=RRF_K, weights=[weights[x] for x in src_modes]))
-        else:
-            if any(weights[x] != 1.0 for x in src_modes):
-                raise ValueError("Qdrant's server-side DBSF takes no weights; use server_fusion=False for weighted DBSF")
-            q = m.FusionQuery(fusion=m.Fusion.DBSF)
-        res = self.client.query_points(
-            self.collection, prefetch=sources, query=q, query_filter=qfilter, limit=k, with_payload=True,
-            with_vectors=[x for x in ("dense", "sparse") if x in modes] or False,
-        ).points
-        if not res:
-            return []
-        ranked = sorted(res, key=lambda p: (-p.score, p.payload[PAYLOAD_SEQ]))
-        exact = self._rescore(ranked, modes, qvec, q_sparse)
-        if "colbert" in modes:
-            only = m.Filter(must=[m.HasIdCondition(has_id=[p.id for p in ranked])])
-            got = self.client.query_points(
-                self.collection, query=qvec["colbert"], using="colbert", query_filter=only, limit=len(ranked), with_payload=False
-            ).points
-            by_id = {p.id: self._score_colbert(p.score, n_q) for p in got}
-            exact["colbert"] = np.asarray([by_id[p.id] for p in ranked], dtype=np.float32)
-        return [
-            self._hit(p.payload, p.score, {mode: float(exact[mode][i]) for mode in modes}) for i, p in enumerate(ranked)
-        ]
-
-    def _explain(self, hits: list[Hit], q_sparse: Mapping[int, float]) -> None:
-        """``Hit.explain``: matched sparse tokens ``{token string: q_w * d_w}``, largest first (as HybridStore)."""
-        if not hits:
-            return
-        pids = [point_id(h.id) for h in hits]
-        vecs = {p.id: p.vector.get("sparse") for p in self.client.retrieve(self.collection, pids, with_vectors=["sparse"])}
-        for h, pid in zip(hits, pids):
-            sv = vecs.get(pid)
-            doc = {} if sv is None else dict(zip((int(t) for t in sv.indices), (float(w) for w in sv.values)))
-            matched = [(int(t), float(qw) * doc[int(t)]) for t, qw in q_sparse.items() if int(t) in doc]
-            if not matched:
-                h.explain = {}
-                continue
-            names = self._encoder.decode_tokens([t for t, _ in matched])  # type: ignore[union-attr]
-            out: dict[str, float] = {}
-            for name, (_, c) in zip(names, matched):
-                out[name] = out.get(name, 0.0) + c
-            h.explain = dict(sorted(out.items(), key=lambda kv: -kv[1]))

@@ -1,0 +1,11 @@
+"""QdrantHybridStore: the :class:`~m3_rag.HybridStore` contract over one Qdrant collection.
+
+A small package: :mod:`.store` (the collection schema and checks, CRUD, the public class), :mod:`.filters`
+(metadata filter dicts to Qdrant payload filters) and :mod:`.backend` (candidates and exact scores for the
+shared search pipeline, :mod:`m3_rag.search`).
+"""
+
+from .filters import to_qdrant_filter
+from .store import M3_NAMESPACE, QdrantHybridStore, QdrantWriteError, point_id
+
+__all__ = ["QdrantHybridStore", "QdrantWriteError", "point_id", "to_qdrant_filter", "M3_NAMESPACE"]
