@@ -11,6 +11,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from ._store_args import check_modes, check_top_k, store_filter
+from ._shared import search_with_query_handover
 from .nodes import hit_to_node
 
 __all__ = ["M3Retriever"]
@@ -103,7 +104,7 @@ class M3Retriever(BaseRetriever):
         return {k: v for k, v in settings.items() if v is not None}
 
     def _retrieve(self, query_bundle: QueryBundle) -> List[NodeWithScore]:
-        hits = self._store.search(query_bundle.query_str, **self.search_settings())
+        hits = search_with_query_handover(self._store, query_bundle.query_str, self.search_settings())
         return [NodeWithScore(node=hit_to_node(h), score=float(h.score)) for h in hits]
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> List[NodeWithScore]:
