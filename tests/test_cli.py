@@ -209,3 +209,30 @@ def test_console_script_help_and_eval_json(tmp_path: Path, tiny_ckpt: Path):
     for row in result["results"]:
         assert set(row) == {"modes", "fusion", "ndcg@10", "recall@100", "mrr@10"}
         assert all(0.0 <= row[m] <= 1.0 for m in ("ndcg@10", "recall@100", "mrr@10"))
+
+
+def test_index_tolerates_latin1_empty_and_unsupported_files(tmp_path: Path, tiny_ckpt: Path, capsys):
+    docs = tmp_path / "mixed"
+    docs.mkdir()
+    (docs / "good.txt").write_text("Paris is the capital of France.", encoding="utf-8")
+    (docs / "latin1.txt").write_bytes("Le café crème est servi à Paris.".encode("latin-1"))
+    (docs / "empty.md").write_text("", encoding="utf-8")
+    (docs / "notes.rst").write_text("A reStructuredText file\n=======================\n", encoding="utf-8")
+    out = tmp_path / "idx"
+    code, _, err = run(["index", docs, "--out", out, "--model", tiny_ckpt], capsys)
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert "warning: skipping latin1.txt: not utf-8 text" in err
+    assert "summary: 1 file(s) indexed, 1 chunk(s), 3 file(s) skipped" in err
+    assert "skipped empty.md: empty file" in err and "skipped notes.rst: unsupported extension '.rst'" in err
+    # --encoding reads the Latin-1 file (UTF-8 text that is also valid Latin-1 decodes too)
+    code, _, err = run(["index", docs, "--out", out, "--overwrite", "--encoding", "latin-1", "--model", tiny_ckpt], capsys)
+    assert code == 0, err
+    assert "summary: 2 file(s) indexed, 2 chunk(s), 2 file(s) skipped" in err
+    code, out_text, _ = run(["search", out, "café crème", "--json", "--model", tiny_ckpt], capsys)
+    assert "café crème" in out_text
+    # --on-error fail stops at the first undecodable file, naming the fix
+    code, _, err = run(["index", docs, "--out", tmp_path / "idx2", "--on-error", "fail", "--model", tiny_ckpt], capsys)
+    assert code == 1 and "latin1.txt: not utf-8 text" in err and "--encoding" in err
+    code, _, err = run(["index", docs, "--out", tmp_path / "idx3", "--encoding", "nonsense", "--model", tiny_ckpt], capsys)
+    assert code == 1 and "unknown text encoding" in err
