@@ -29,7 +29,7 @@ class M3Retriever(BaseRetriever):
         similarity_top_k: how many nodes to return (``k``).
         modes: a mode name or a sequence of them; default: every mode the store holds.
         weights: per-mode weights (sequence aligned with ``modes`` or ``{mode: weight}``); default: the
-            store's defaults for the fusion.
+            ``None``, passed on as is: the store decides (its default weights for the fusion).
         fusion: ``"weighted"``, ``"rrf"`` or ``"dbsf"``.
         candidates: first-stage pool size per mode (default: the store's, ``max(100, k)``).
         filters: LlamaIndex ``MetadataFilters`` (every operator, nested), a HybridStore filter dict
