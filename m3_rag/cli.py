@@ -307,7 +307,7 @@ def read_documents(
 
 # ----------------------------------------------------------------------------------------------- commands
 def _cmd_index(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
+    from ._progress import tqdm
 
     from .store import HybridStore
 

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ._progress import tqdm
 
 from .types import M3Output
 

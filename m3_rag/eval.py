@@ -502,7 +502,7 @@ def encode_corpus(
                     return HybridStore.load(path, encoder=encoder, show_progress=show_progress), True
                 except (OSError, ValueError) as exc:  # a damaged entry is rebuilt, and said so
                     warnings.warn(f"ignoring the unreadable eval cache {path}: {exc}", stacklevel=2)
-    from tqdm.auto import tqdm
+    from ._progress import tqdm
 
     ids = list(dataset.corpus)
     kwargs: dict[str, Any] = {} if max_length is None else {"max_length": max_length}
