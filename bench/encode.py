@@ -118,7 +118,7 @@ def bench_mix(ckpt: Path, texts: list[str], repeats: int, with_flag: bool, flag_
     enc = M3Encoder.from_pretrained(ckpt, device="cpu")
     n_tokens = sum(len(x) for x in enc.tokenize(texts, max_length))
     contenders: dict[str, Callable[[], Any]] = {
-        "m3_rag": lambda: enc.encode(texts, max_length=max_length, show_progress_bar=False),
+        "m3_rag": lambda: enc.encode(texts, max_length=max_length, show_progress=False),
     }
     if with_flag:
         from FlagEmbedding import BGEM3FlagModel
@@ -129,7 +129,7 @@ def bench_mix(ckpt: Path, texts: list[str], repeats: int, with_flag: bool, flag_
         for b in (16, 32, 64):
             contenders[f"flag_b{b}"] = lambda b=b: flag.encode(texts, batch_size=b, **kw)
     # warm-up (allocator, lazy init) outside the timings
-    enc.encode(texts[:8], max_length=max_length, show_progress_bar=False)
+    enc.encode(texts[:8], max_length=max_length, show_progress=False)
     if with_flag:
         flag.encode(texts[:8], batch_size=8, **kw)
     CPU_TIMES.clear()
@@ -231,7 +231,7 @@ if mode == "m3":
     enc = M3Encoder.from_pretrained(ckpt, device="cpu")
     enc.encode(texts[:1], max_length=64)
     before, was_reset = status("VmRSS"), reset_peak()
-    out = enc.encode(texts, max_tokens_per_batch=value, batch_size=256, show_progress_bar=False)
+    out = enc.encode(texts, max_tokens_per_batch=value, batch_size=256, show_progress=False)
     rows = out.colbert[0].shape[0]
 else:
     from FlagEmbedding import BGEM3FlagModel

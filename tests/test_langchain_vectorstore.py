@@ -335,3 +335,17 @@ def test_empty_store_returns_nothing(tiny_encoder, fake) -> None:
         assert vs.max_marginal_relevance_search("q") == []
         assert vs.as_retriever().invoke("q") == []
         assert vs.get_by_ids(["a"]) == []
+
+
+def test_store_alone_is_enough(tiny_encoder) -> None:
+    from m3_rag.store import HybridStore
+
+    hs = HybridStore(tiny_encoder, show_progress=False)
+    hs.add(["cats on a mat", "bread in the oven"], ids=["a", "b"])
+    vs = M3VectorStore(store=hs)  # no embedding=: derived from the store's encoder
+    assert isinstance(vs.embeddings, M3Embeddings) and vs.embeddings.encoder is tiny_encoder
+    assert [d.id for d in vs.similarity_search("cats", k=2)] == [h.id for h in hs.search("cats", k=2)]
+    with pytest.raises(TypeError, match="embedding= .* or store="):
+        M3VectorStore()
+    with pytest.raises(ValueError, match="HybridStore.load\\(path, encoder\\)"):
+        M3VectorStore(store=HybridStore())

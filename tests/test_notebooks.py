@@ -69,3 +69,6 @@ def test_notebook_runs(path: Path, kernel_name: str, tmp_path: Path, monkeypatch
     client.execute()  # raises CellExecutionError with the cell and traceback on failure
     errors = [o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+    # no stray noise: tqdm's missing-widget warning or transformers' loading bar
+    texts = [str(o.get("text", "")) for c in book.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [t for t in texts if "TqdmWarning" in t or "IProgress not found" in t or "Loading weights" in t]

@@ -151,7 +151,7 @@ class EncoderComponent:
             colbert=False,
             max_length=self.document_max_length,
             batch_size=self.batch_size,
-            show_progress_bar=self.show_progress_bar,
+            show_progress=self.show_progress_bar,
         )
 
     def _encode_query(self, text: str, *, dense: bool, sparse: bool) -> Any:

@@ -57,7 +57,7 @@ class M3Retriever(BaseRetriever):
         k: number of documents to return.
         modes: modes to search (``"dense"``, ``"sparse"``, ``"colbert"``); ``None`` = every mode the store holds.
         weights: per-mode weights, a list aligned with ``modes`` or a ``{mode: weight}`` dict;
-            ``None`` = the store's defaults for the fusion.
+            ``None`` (default) = passed on as ``None``: the store decides (its default weights for the fusion).
         fusion: ``"weighted"``, ``"rrf"`` or ``"dbsf"``.
         candidates: first-stage candidates per mode (``None`` = ``max(100, k)``).
         filter: a metadata filter dict (``{"year": {"$gte": 2020}}``) or a callable ``metadata -> bool``.

@@ -86,7 +86,8 @@ class M3VectorStore(VectorStore):
     ``similarity_search_with_relevance_scores`` maps it with :func:`m3_relevance`.
 
     Args:
-        embedding: ``M3Embeddings`` (all modes) or any LangChain ``Embeddings`` (dense only).
+        embedding: ``M3Embeddings`` (all modes) or any LangChain ``Embeddings`` (dense only). May be left out
+            when ``store`` has an encoder: ``M3Embeddings(model=store.encoder)`` is used.
         store: an existing :class:`~m3_rag.HybridStore` to wrap; by default a new empty one is made on
             first use (so construction does not load the model).
         modes, weights, fusion, candidates: default search settings, overridable per call.
@@ -95,7 +96,7 @@ class M3VectorStore(VectorStore):
 
     def __init__(
         self,
-        embedding: Embeddings,
+        embedding: Embeddings | None = None,
         *,
         store: HybridStore | None = None,
         modes: str | Sequence[str] | None = None,
@@ -104,6 +105,18 @@ class M3VectorStore(VectorStore):
         candidates: int | None = None,
         relevance_score_fn: Callable[[float], float] | None = None,
     ) -> None:
+        if embedding is None:
+            if store is None:
+                raise TypeError(
+                    "M3VectorStore needs embedding= (M3Embeddings or any LangChain Embeddings) or store= (a HybridStore "
+                    "with an encoder, whose encoder is then used); got neither"
+                )
+            if getattr(store, "encoder", None) is None:
+                raise ValueError(
+                    "M3VectorStore(store=...) without embedding= needs a store with an encoder; this one has none. "
+                    "Load it with HybridStore.load(path, encoder), or pass the embedding its vectors came from."
+                )
+            embedding = M3Embeddings(model=store.encoder)
         if not isinstance(embedding, Embeddings):
             raise TypeError(
                 "M3VectorStore(embedding=...) must be M3Embeddings or another langchain_core Embeddings; "

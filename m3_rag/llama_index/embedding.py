@@ -11,6 +11,7 @@ from llama_index.core.callbacks import CallbackManager
 
 from ..encoder import M3Encoder
 from ._loading import LazyEncoder, ModelRef, model_name
+from ._shared import shared_for
 
 __all__ = ["M3Embedding"]
 
@@ -18,8 +19,10 @@ __all__ = ["M3Embedding"]
 class M3Embedding(BaseEmbedding):
     """Dense BGE-M3 embeddings for LlamaIndex (``Settings.embed_model`` or ``embed_model=``).
 
-    Only the dense head runs. Queries are encoded with the query settings of
-    :meth:`M3Encoder.encode_queries` (512 tokens), texts with :meth:`M3Encoder.encode_documents`.
+    Queries are encoded with the query settings of :meth:`M3Encoder.encode_queries` (512 tokens), texts with
+    :meth:`M3Encoder.encode_documents`. Only the dense head runs, unless an ``M3VectorStore`` over the same
+    ``M3Encoder`` exists: then the texts' other heads that store holds are computed in the same forward pass
+    and left for its ``add`` (so ``VectorStoreIndex(nodes, ...)`` runs the backbone once per node).
 
     Args:
         model: a Hugging Face hub id (``"BAAI/bge-m3"``), a local checkpoint folder, or an ``M3Encoder``
@@ -74,9 +77,20 @@ class M3Embedding(BaseEmbedding):
     def _get_text_embeddings(self, texts: List[str]) -> List[List[float]]:
         if not texts:
             return []
-        out = self.encoder.encode_documents(
-            list(texts), dense=True, sparse=False, colbert=False, batch_size=self.embed_batch_size
+        encoder = self.encoder
+        shared = shared_for(encoder)
+        extra = [m for m in shared.node_heads() if m != "dense" and m in encoder.available_modes]
+        out = encoder.encode_documents(
+            list(texts),
+            dense=True,
+            sparse="sparse" in extra,
+            colbert="colbert" in extra,
+            batch_size=self.embed_batch_size,
+            show_progress=False,
         )
+        if extra:
+            # an M3VectorStore over this encoder will add these texts next: leave it every head it holds
+            shared.put_documents(list(texts), out, ("dense", *extra))
         return out.dense.tolist()  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ async: run in a worker thread

@@ -11,6 +11,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from ..encoder import M3Encoder
 from ..scoring import colbert_scores
 from ._loading import LazyEncoder, ModelRef, model_name
+from ._shared import shared_for
 from .nodes import node_text
 
 __all__ = ["M3ColbertRerank"]
@@ -23,6 +24,10 @@ class M3ColbertRerank(BaseNodePostprocessor):
     are encoded with the ColBERT head only (one ``encode_queries`` and one ``encode_documents`` call per
     query), scored with :func:`m3_rag.colbert_scores`, and the nodes come back best first with
     ``score`` set to the MaxSim score. Ties keep the incoming order.
+
+    The query is not encoded again when the retriever already did it: while this reranker exists,
+    ``M3VectorStore`` and ``M3Retriever`` over the same ``M3Encoder`` compute the query's ColBERT vectors in
+    their own query pass and leave them in a small cache keyed by the exact query text.
 
     Args:
         model: hub id, local checkpoint folder or ``M3Encoder`` (with a ColBERT head); a hub id or path is
@@ -57,6 +62,8 @@ class M3ColbertRerank(BaseNodePostprocessor):
             )
         super().__init__(model=model_name(model), top_n=top_n, batch_size=batch_size, **kwargs)
         self._lazy = lazy
+        if lazy.loaded:
+            shared_for(lazy.get()).register_reranker(self)
 
     @classmethod
     def class_name(cls) -> str:
@@ -65,7 +72,11 @@ class M3ColbertRerank(BaseNodePostprocessor):
     @property
     def encoder(self) -> M3Encoder:
         """The encoder (loaded on first access)."""
-        return self._lazy.get()
+        loaded = self._lazy.loaded
+        encoder = self._lazy.get()
+        if not loaded:
+            shared_for(encoder).register_reranker(self)
+        return encoder
 
     def _postprocess_nodes(
         self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None
@@ -75,10 +86,14 @@ class M3ColbertRerank(BaseNodePostprocessor):
         if not nodes:
             return []
         encoder = self.encoder
-        query = encoder.encode_queries([query_bundle.query_str], dense=False, sparse=False, colbert=True)
+        query_vecs = shared_for(encoder).get_query_colbert(query_bundle.query_str)
+        if query_vecs is None:
+            query_vecs = encoder.encode_queries(
+                [query_bundle.query_str], dense=False, sparse=False, colbert=True, show_progress=False
+            ).colbert[0]  # type: ignore[index]
         docs = encoder.encode_documents(
             [node_text(n.node) for n in nodes], dense=False, sparse=False, colbert=True, batch_size=self.batch_size
         )
-        scores = colbert_scores(query.colbert[0], docs.colbert)  # type: ignore[index,arg-type]
+        scores = colbert_scores(query_vecs, docs.colbert)  # type: ignore[index,arg-type]
         order = sorted(range(len(nodes)), key=lambda i: -float(scores[i]))[: self.top_n]
         return [NodeWithScore(node=nodes[i].node, score=float(scores[i])) for i in order]

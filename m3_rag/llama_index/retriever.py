@@ -11,6 +11,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from ._store_args import check_modes, check_top_k, store_filter
+from ._shared import search_with_query_handover
 from .nodes import hit_to_node
 
 __all__ = ["M3Retriever"]
@@ -28,7 +29,7 @@ class M3Retriever(BaseRetriever):
         similarity_top_k: how many nodes to return (``k``).
         modes: a mode name or a sequence of them; default: every mode the store holds.
         weights: per-mode weights (sequence aligned with ``modes`` or ``{mode: weight}``); default: the
-            store's defaults for the fusion.
+            ``None``, passed on as is: the store decides (its default weights for the fusion).
         fusion: ``"weighted"``, ``"rrf"`` or ``"dbsf"``.
         candidates: first-stage pool size per mode (default: the store's, ``max(100, k)``).
         filters: LlamaIndex ``MetadataFilters`` (every operator, nested), a HybridStore filter dict
@@ -103,7 +104,7 @@ class M3Retriever(BaseRetriever):
         return {k: v for k, v in settings.items() if v is not None}
 
     def _retrieve(self, query_bundle: QueryBundle) -> List[NodeWithScore]:
-        hits = self._store.search(query_bundle.query_str, **self.search_settings())
+        hits = search_with_query_handover(self._store, query_bundle.query_str, self.search_settings())
         return [NodeWithScore(node=hit_to_node(h), score=float(h.score)) for h in hits]
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> List[NodeWithScore]:

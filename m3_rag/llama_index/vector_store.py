@@ -2,11 +2,15 @@
 
 How LlamaIndex calls map to the store:
 
-- ``add(nodes)``: encodes ``node.get_content(metadata_mode=MetadataMode.EMBED)`` with the store's own encoder
-  (``HybridStore.add``), for every head the store holds. The dense vector LlamaIndex computed
-  (``node.embedding``) is **not** stored: the store's encoder is the single source of every vector, so the
-  store holds exactly what ``HybridStore.add`` of the same texts holds and every query gives the same ids,
-  order and scores as ``HybridStore.search`` with the same settings.
+- ``add(nodes)``: stores, for every head the store holds, the encoding of
+  ``node.get_content(metadata_mode=MetadataMode.EMBED)`` by the store's own encoder. When an ``M3Embedding``
+  over the same ``M3Encoder`` has just embedded these texts (``VectorStoreIndex(nodes, ...)`` does that first),
+  it computed the store's heads in the same forward pass and ``add`` takes those rows from a bounded cache keyed
+  by the exact text (see ``_shared.py``); only texts not found there are encoded now. Either way each text goes
+  through the backbone once. The dense vector LlamaIndex put on the node (``node.embedding``) is **not**
+  stored: the store's encoder is the single source of every vector, so the store holds exactly what
+  ``HybridStore.add`` of the same texts holds and every query gives the same ids, order and scores as
+  ``HybridStore.search`` with the same settings.
 - Queries are encoded by the store from ``query_str``, once per call, computing only the heads the modes need.
   ``is_embedding_query`` is ``False``, so LlamaIndex's retriever does not embed the query itself.
 - Query modes (``VectorStoreQuery.mode``):
@@ -62,7 +66,9 @@ from llama_index.core.vector_stores.types import (
 
 from ..fusion import resolve_weights
 from ..types import M3Output
+from ..encoder import M3Encoder
 from ._loading import LazyEncoder, ModelRef
+from ._shared import search_with_query_handover, shared_for
 from ._store_args import check_modes, check_top_k
 from .filters import to_metadata_predicate
 from .nodes import REF_DOC_ID_KEY, hit_to_node, node_metadata, node_text, record_to_node
@@ -193,6 +199,13 @@ class M3VectorStore(BasePydanticVectorStore):
                 )
         super().__init__(batch_size=batch_size)
         self._store = store
+        if isinstance(store.encoder, M3Encoder):
+            shared_for(store.encoder).register_store(self)
+
+    def wanted_heads(self) -> tuple[str, ...]:
+        """The heads ``add`` encodes: the store's modes, or every head of the encoder for a store still empty."""
+        modes = tuple(getattr(self._store, "modes", ()) or ())
+        return modes or tuple(self._store.encoder.available_modes)
 
     @classmethod
     def class_name(cls) -> str:
@@ -212,7 +225,8 @@ class M3VectorStore(BasePydanticVectorStore):
     def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> List[str]:
         """Encode and store nodes (upsert by ``node_id``); returns their ids.
 
-        Encodes ``node.get_content(metadata_mode=MetadataMode.EMBED)`` with the store's encoder;
+        Stores the encoding of ``node.get_content(metadata_mode=MetadataMode.EMBED)`` by the store's encoder,
+        reusing the rows an ``M3Embedding`` over the same encoder just computed for these texts;
         ``node.embedding`` is not used (see the module docstring).
         """
         if add_kwargs:
@@ -221,12 +235,18 @@ class M3VectorStore(BasePydanticVectorStore):
         if not nodes:
             return []
         ids = [n.node_id for n in nodes]
-        self._store.add(
-            [node_text(n) for n in nodes],
-            ids=ids,
-            metadatas=[node_metadata(n) for n in nodes],
-            batch_size=self.batch_size,
-        )
+        texts = [node_text(n) for n in nodes]
+        metadatas = [node_metadata(n) for n in nodes]
+        encoder = self._store.encoder
+        if isinstance(encoder, M3Encoder) and callable(getattr(self._store, "add_encoded", None)):
+            # rows M3Embedding computed for these texts in its own forward pass; only the others are encoded now
+            show = None if getattr(self._store, "show_progress", True) else False
+            encoded = shared_for(encoder).take_documents(
+                texts, self.wanted_heads(), batch_size=self.batch_size, show_progress=show
+            )
+            self._store.add_encoded(encoded, ids=ids, texts=texts, metadatas=metadatas)
+        else:
+            self._store.add(texts, ids=ids, metadatas=metadatas, batch_size=self.batch_size)
         return ids
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
@@ -364,7 +384,9 @@ class M3VectorStore(BasePydanticVectorStore):
         if query.query_str is None:
             hits = self._store.search_encoded(_embedding_query(query), filter=search_filter, ids=ids, **settings)
         elif depths is None:
-            hits = self._store.search(query.query_str, filter=search_filter, ids=ids, **settings)
+            hits = search_with_query_handover(
+                self._store, query.query_str, {"filter": search_filter, "ids": ids, **settings}
+            )
         else:
             hits = self._search_pools(query.query_str, depths, search_filter, ids, settings)
         return VectorStoreQueryResult(
@@ -385,7 +407,7 @@ class M3VectorStore(BasePydanticVectorStore):
             encoded = _embedding_query(query)
         else:
             encoded = self._store.encoder.encode_queries(
-                [query.query_str], dense=True, sparse=settings["explain"], colbert=False, show_progress_bar=False
+                [query.query_str], dense=True, sparse=settings["explain"], colbert=False, show_progress=False
             )
         pool = self._store.search_encoded(
             encoded, k=prefetch, modes=("dense",), filter=search_filter, ids=ids, explain=settings["explain"]
@@ -417,13 +439,17 @@ class M3VectorStore(BasePydanticVectorStore):
         restricted to their union with every member a candidate, so the store scores and fuses exactly that set.
         """
         modes = settings["modes"]
-        encoded = self._store.encoder.encode_queries(
+        encoder = self._store.encoder
+        handover = isinstance(encoder, M3Encoder) and "colbert" in encoder.available_modes and shared_for(encoder).wants_query_colbert
+        encoded = encoder.encode_queries(
             [query_str],
             dense="dense" in modes,
             sparse="sparse" in modes or settings["explain"],
-            colbert="colbert" in modes,
-            show_progress_bar=False,
+            colbert="colbert" in modes or handover,
+            show_progress=False,
         )
+        if handover:
+            shared_for(encoder).put_query(query_str, encoded.colbert[0])  # type: ignore[index]
         pool: dict[str, None] = {}
         for mode in modes:
             if mode in depths:
