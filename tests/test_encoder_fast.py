@@ -209,3 +209,20 @@ def test_num_threads_and_missing_heads(tmp_path: Path, cache: Path) -> None:
     assert enc._onnx.session.get_session_options().intra_op_num_threads == 1
     M3Encoder.from_pretrained(path, num_threads=1)
     assert torch.get_num_threads() == 1
+
+
+def test_cli_index_int8_then_search_onnx(ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """`m3-rag index --quantize int8` and `search --backend onnx` on the same index (same model fingerprint)."""
+    from m3_rag.cli import build_parser, main
+
+    monkeypatch.setenv(fast.ONNX_CACHE_ENV, str(tmp_path / "cache"))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("cats sit on mats")
+    (tmp_path / "in" / "b.txt").write_text("rockets fly to the moon")
+    model = str(ckpts["bert"])
+    assert main(["index", str(tmp_path / "in"), "--out", str(tmp_path / "idx"), "--model", model, "--quantize", "int8"]) == 0
+    assert main(["search", str(tmp_path / "idx"), "cats sit", "--model", model, "--backend", "onnx", "--json"]) == 0
+    assert "a.txt" in capsys.readouterr().out
+    for cmd in ("index", "search", "eval"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([cmd, "x", "y", "--backend", "tensorrt"] if cmd == "search" else [cmd, "x", "--quantize", "int4"])
