@@ -226,9 +226,10 @@ def reset_peak():
 
 ckpt, mode, value, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 texts = ["word " * 9000] * n
-if mode == "m3":
+if mode.startswith("m3"):
     from m3_rag import M3Encoder
-    enc = M3Encoder.from_pretrained(ckpt, device="cpu")
+    enc = M3Encoder.from_pretrained(ckpt, device="cpu", quantize="int8" if mode.endswith("int8") else None,
+                                    backend="onnx" if "onnx" in mode else "torch")
     enc.encode(texts[:1], max_length=64)
     before, was_reset = status("VmRSS"), reset_peak()
     out = enc.encode(texts, max_tokens_per_batch=value, batch_size=256, show_progress_bar=False)
@@ -257,6 +258,9 @@ def bench_memory(tmp: Path, n_texts: int, with_flag: bool) -> dict:
         ("m3_rag default budget 8192 (1 text/batch)", "m3", 8192),
         ("m3_rag budget 16384 (2 texts/batch)", "m3", 16384),
         ("m3_rag budget 65536 (all 4 texts in one batch)", "m3", 65536),
+        ("m3_rag int8, default budget 8192", "m3int8", 8192),
+        ("m3_rag onnx fp32, default budget 8192", "m3onnx", 8192),
+        ("m3_rag onnx int8, default budget 8192", "m3onnx_int8", 8192),
     ]
     if with_flag:
         runs.append(("flag default batch 256", "flag", 256))
@@ -465,9 +469,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--bge-texts", type=int, default=32, help="texts for the BGE-M3-size model in --fast-paths (0: skip)")
     parser.add_argument("--flag-python", default=None, help="python of a venv with FlagEmbedding, for --fast-paths")
     parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--memory-only", action="store_true", help="only the 8192-token memory runs")
     args = parser.parse_args(argv)
     if args.fast_paths:
         return main_fast(args)
+    if args.memory_only:
+        with tempfile.TemporaryDirectory() as tmp_name:
+            report = {"memory": bench_memory(Path(tmp_name), args.memory_texts, not args.no_flag and flag_available())}
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=1))
+        print(json.dumps(report, indent=1))
+        return report
 
     import torch
     import transformers
