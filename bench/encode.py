@@ -232,7 +232,7 @@ if mode.startswith("m3"):
                                     backend="onnx" if "onnx" in mode else "torch")
     enc.encode(texts[:1], max_length=64)
     before, was_reset = status("VmRSS"), reset_peak()
-    out = enc.encode(texts, max_tokens_per_batch=value, batch_size=256, show_progress_bar=False)
+    out = enc.encode(texts, max_length=8192, max_tokens_per_batch=value, batch_size=256, show_progress_bar=False)
     rows = out.colbert[0].shape[0]
 else:
     from FlagEmbedding import BGEM3FlagModel
