@@ -226,12 +226,13 @@ def reset_peak():
 
 ckpt, mode, value, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 texts = ["word " * 9000] * n
-if mode == "m3":
+if mode.startswith("m3"):
     from m3_rag import M3Encoder
-    enc = M3Encoder.from_pretrained(ckpt, device="cpu")
+    enc = M3Encoder.from_pretrained(ckpt, device="cpu", quantize="int8" if mode.endswith("int8") else None,
+                                    backend="onnx" if "onnx" in mode else "torch")
     enc.encode(texts[:1], max_length=64)
     before, was_reset = status("VmRSS"), reset_peak()
-    out = enc.encode(texts, max_tokens_per_batch=value, batch_size=256, show_progress=False)
+    out = enc.encode(texts, max_length=8192, max_tokens_per_batch=value, batch_size=256, show_progress=False)
     rows = out.colbert[0].shape[0]
 else:
     from FlagEmbedding import BGEM3FlagModel
@@ -257,6 +258,9 @@ def bench_memory(tmp: Path, n_texts: int, with_flag: bool) -> dict:
         ("m3_rag default budget 8192 (1 text/batch)", "m3", 8192),
         ("m3_rag budget 16384 (2 texts/batch)", "m3", 16384),
         ("m3_rag budget 65536 (all 4 texts in one batch)", "m3", 65536),
+        ("m3_rag int8, default budget 8192", "m3int8", 8192),
+        ("m3_rag onnx fp32, default budget 8192", "m3onnx", 8192),
+        ("m3_rag onnx int8, default budget 8192", "m3onnx_int8", 8192),
     ]
     if with_flag:
         runs.append(("flag default batch 256", "flag", 256))
@@ -278,6 +282,179 @@ def bench_memory(tmp: Path, n_texts: int, with_flag: bool) -> dict:
     return res
 
 
+# ---------------------------------------------------------------- fast numeric paths (child processes)
+_FAST_CHILD = r"""
+import json, statistics, sys, time
+sys.path.insert(0, {tests!r}); sys.path.insert(0, {root!r})
+import torch
+def vm_hwm_mb():  # this process's peak RSS (ru_maxrss would include the parent's peak at fork time)
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+ckpt, config, texts_file, max_length, repeats, threads, cache = sys.argv[1:8]
+max_length, repeats, threads = int(max_length), int(repeats), int(threads)
+torch.set_num_threads(threads)
+texts = json.load(open(texts_file))
+t0 = time.perf_counter()
+if config.startswith("flag_b"):
+    from FlagEmbedding import BGEM3FlagModel
+    colbert_dim = torch.load(ckpt + "/colbert_linear.pt", weights_only=True)["weight"].shape[0]
+    m = BGEM3FlagModel(ckpt, use_fp16=False, devices="cpu", colbert_dim=colbert_dim)
+    b = int(config[len("flag_b"):])
+    kw = dict(return_dense=True, return_sparse=True, return_colbert_vecs=True, max_length=max_length, batch_size=b)
+    run = lambda: m.encode(texts, **kw)
+    warm = lambda: m.encode(texts[:4], **{{**kw, "batch_size": 4}})
+else:
+    from m3_rag import M3Encoder
+    quantize = "int8" if config.endswith("int8") else None
+    backend = "onnx" if config.startswith("onnx") else "torch"
+    enc = M3Encoder.from_pretrained(ckpt, device="cpu", quantize=quantize, backend=backend, num_threads=threads,
+                                    onnx_cache_dir=cache)
+    run = lambda: enc.encode(texts, max_length=max_length, show_progress_bar=False)
+    warm = lambda: enc.encode(texts[:4], max_length=max_length, show_progress_bar=False)
+load_s = time.perf_counter() - t0
+warm()
+times, cpu = [], []
+for _ in range(repeats):
+    c0, w0 = time.process_time(), time.perf_counter()
+    run()
+    times.append(time.perf_counter() - w0); cpu.append(time.process_time() - c0)
+print(json.dumps({{"load_s": round(load_s, 2), "all_s": [round(t, 3) for t in times],
+                  "median_s": round(statistics.median(times), 3), "median_cpu_s": round(statistics.median(cpu), 3),
+                  "peak_rss_mb": vm_hwm_mb()}}))
+"""
+
+FAST_CONFIGS = ("fp32", "int8", "onnx_fp32", "onnx_int8")
+
+
+def make_bge_m3_size(out: Path, vocab: int = 32000) -> Path:
+    """XLM-RoBERTa-large shape (24 layers, hidden 1024, 16 heads, intermediate 4096, 8194 positions), random
+    weights, BGE-M3 heads (ColBERT 1024->1024, sparse 1024->1), with a ``vocab``-row embedding instead of
+    250,002 (saves ~0.9 GB; the forward cost does not depend on it). Tokenizer: the 2,002-id XLM-R-style test one."""
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    import tiny_checkpoint as tc
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = XLMRobertaConfig(
+        vocab_size=vocab, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+        max_position_embeddings=8194, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+    )
+    model = XLMRobertaModel(cfg)
+    tc._seeded_init(model, 0)
+    with __import__("torch").no_grad():  # BERT-like init scale keeps a 24-layer random stack numerically sane
+        for name, p in model.named_parameters():
+            if p.ndim == 2:
+                p.mul_(0.02 / tc.WEIGHT_STD)
+    tc._save(model, out)
+    for name in tc.XLMR_TOKENIZER_FILES:
+        __import__("shutil").copy(tc.XLMR_TOKENIZER_DIR / name, out / name)
+    tc._write_heads(out, 1024, 1024, True, True, 0)
+    del model
+    return out
+
+
+def bench_fast_paths(
+    tmp: Path, texts: list[str], models: dict[str, tuple[Path, int, int]], repeats: int, threads: int, flag_python: str | None
+) -> dict:
+    """Each numeric path (and FlagEmbedding at batch 16/32/64) in its own child process: median wall time
+    of ``repeats`` encodes of ``texts`` (after a warm-up), and the child's peak RSS (``VmHWM``; for ONNX it
+    includes the export when the cache is cold)."""
+    from m3_rag import M3Encoder
+
+    script = tmp / "fast_child.py"
+    script.write_text(_FAST_CHILD.format(tests=str(ROOT / "tests"), root=str(ROOT)))
+    cache = tmp / "onnx_cache"
+    out: dict[str, Any] = {}
+    for label, (ckpt, n_texts, max_length) in models.items():
+        sub = texts[:n_texts]
+        tf = tmp / f"texts_{label}.json"
+        tf.write_text(json.dumps(sub))
+        n_tokens = sum(len(x) for x in M3Encoder.from_pretrained(ckpt, device="cpu").tokenize(sub, max_length))
+        configs = [(c, sys.executable) for c in FAST_CONFIGS]
+        if flag_python:
+            configs += [(f"flag_b{b}", flag_python) for b in (16, 32, 64)]
+        res: dict[str, Any] = {"n_texts": len(sub), "n_tokens": n_tokens, "max_length": max_length, "runs": {}}
+        for config, python in configs:
+            proc = subprocess.run(
+                [python, str(script), str(ckpt), config, str(tf), str(max_length), str(repeats), str(threads), str(cache)],
+                capture_output=True, text=True, timeout=1800,
+            )
+            if proc.returncode != 0:
+                res["runs"][config] = {"error": proc.stderr.strip().splitlines()[-3:]}
+                continue
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row["texts_per_s"] = round(len(sub) / row["median_s"], 2)
+            row["tokens_per_s"] = round(n_tokens / row["median_s"], 1)
+            res["runs"][config] = row
+            print(f"[fast] {label} {config}: {row}", file=sys.stderr, flush=True)
+        runs = {k: v for k, v in res["runs"].items() if "error" not in v}
+        if "fp32" in runs:
+            ours = {k: runs[k]["texts_per_s"] for k in FAST_CONFIGS if k in runs}
+            fastest = max(ours, key=ours.get)
+            res["fastest"] = fastest
+            res["fastest_vs_fp32"] = round(ours[fastest] / runs["fp32"]["texts_per_s"], 3)
+            flags = {k: v["texts_per_s"] for k, v in runs.items() if k.startswith("flag_b")}
+            if flags:
+                best = max(flags, key=flags.get)
+                res["flag_best"] = best
+                res["fastest_vs_flag_best"] = round(ours[fastest] / flags[best], 3)
+                res["fp32_vs_flag_best"] = round(runs["fp32"]["texts_per_s"] / flags[best], 3)
+        out[label] = res
+    return out
+
+
+def main_fast(args: argparse.Namespace) -> dict:
+    import torch
+    import transformers
+
+    from tiny_checkpoint import make_tiny_bert
+
+    flag_python = args.flag_python
+    if flag_python is None and flag_available():
+        flag_python = sys.executable
+    report: dict[str, Any] = {
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "threads": args.threads or 1,
+        "cpu_count": os.cpu_count(),
+        "load_avg_start": list(os.getloadavg()),
+        "flag_python": flag_python,
+        "notes": ["bge_m3_size: XLM-R-large shape, random weights, 32,000-row vocabulary instead of 250,002 "
+                  "(forward cost unchanged, ~0.9 GB less memory), 2,002-id test tokenizer"],
+    }
+    try:
+        import onnxruntime
+
+        report["versions"]["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    texts, source = text_mix(max(args.n_texts, args.bge_texts))
+    report["texts"] = source
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        models = {
+            "tiny": (make_tiny_bert(tmp / "tiny"), args.n_texts, 128),
+            "minilm_size": (
+                make_tiny_bert(tmp / "minilm_size", hidden=384, layers=6, heads=12, intermediate=1536, max_position=512,
+                               colbert_dim=None),
+                args.n_texts,
+                512,
+            ),
+        }
+        if args.bge_texts > 0:
+            models["bge_m3_size"] = (make_bge_m3_size(tmp / "bge_m3_size"), args.bge_texts, 512)
+        report["fast_paths"] = bench_fast_paths(tmp, texts, models, args.repeats, args.threads or 1, flag_python)
+    report["load_avg_end"] = list(os.getloadavg())
+    report["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+    return report
+
+
+# ---------------------------------------------------------------- main
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -288,7 +465,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-flag", action="store_true", help="skip the FlagEmbedding baseline")
     parser.add_argument("--no-memory", action="store_true", help="skip the 8192-token memory runs")
     parser.add_argument("--memory-texts", type=int, default=4, help="8192-token texts in the memory runs")
+    parser.add_argument("--fast-paths", action="store_true", help="only the fp32/int8/ONNX comparison (child processes)")
+    parser.add_argument("--bge-texts", type=int, default=32, help="texts for the BGE-M3-size model in --fast-paths (0: skip)")
+    parser.add_argument("--flag-python", default=None, help="python of a venv with FlagEmbedding, for --fast-paths")
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--memory-only", action="store_true", help="only the 8192-token memory runs")
     args = parser.parse_args(argv)
+    if args.fast_paths:
+        return main_fast(args)
+    if args.memory_only:
+        with tempfile.TemporaryDirectory() as tmp_name:
+            report = {"memory": bench_memory(Path(tmp_name), args.memory_texts, not args.no_flag and flag_available())}
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=1))
+        print(json.dumps(report, indent=1))
+        return report
 
     import torch
     import transformers

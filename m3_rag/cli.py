@@ -122,14 +122,20 @@ def resolve_model_name(name: str) -> str:
     return name
 
 
-def load_model(name: str | None, *, device: str | None = None) -> "M3Encoder":
+def load_model(
+    name: str | None, *, device: str | None = None, quantize: str | None = None, backend: str = "torch"
+) -> "M3Encoder":
     """Load ``--model`` (default ``BAAI/bge-m3``); a model that cannot be found raises :class:`CLIError`
-    explaining how to use the offline model."""
+    explaining how to use the offline model. ``quantize``/``backend`` select the numeric path."""
     from .encoder import M3Encoder, ModelNotFoundError
 
     requested = name or DEFAULT_MODEL
     try:
-        return M3Encoder.from_pretrained(resolve_model_name(requested), device=device)
+        return M3Encoder.from_pretrained(resolve_model_name(requested), device=device, quantize=quantize, backend=backend)
+    except (ValueError, ImportError) as exc:
+        if quantize is None and backend == "torch":
+            raise
+        raise CLIError(str(exc)) from exc
     except ModelNotFoundError as exc:
         what = "the default model" if name is None else "the model"
         raise CLIError(f"{what} {requested!r} could not be loaded.\n  {exc}\n  {offline_hint()}") from exc
@@ -159,7 +165,9 @@ def _quickstart_model(device: str | None) -> "M3Encoder":
     return M3Encoder.from_pretrained(path, device=device)
 
 
-def _load_index(path: str, model: str | None, device: str | None) -> tuple["HybridStore", "M3Encoder"]:
+def _load_index(
+    path: str, model: str | None, device: str | None, **fast: Any
+) -> tuple["HybridStore", "M3Encoder"]:
     from .store import HybridStore
 
     index = Path(path)
@@ -171,7 +179,7 @@ def _load_index(path: str, model: str | None, device: str | None) -> tuple["Hybr
         except (ValueError, KeyError, TypeError) as exc:
             raise CLIError(f"{index / INDEX_INFO} is malformed ({exc}); pass --model explicitly") from exc
         _err(f"using the model the index was built with: {model}")
-    encoder = load_model(model, device=device)
+    encoder = load_model(model, device=device, **fast)
     try:
         store = HybridStore.load(index, encoder=encoder)
     except ValueError as exc:
@@ -332,7 +340,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
             metas.append({**meta, "chunk": i})
     if not texts:
         raise CLIError(f"{args.input}: the documents hold no text; nothing to index" + _skip_summary(skipped))
-    encoder = load_model(args.model, device=args.device)
+    encoder = load_model(args.model, device=args.device, **_fast_args(args))
     store = HybridStore(encoder, show_progress=False)
     _err(f"indexing {len(texts)} chunks from {len(docs)} documents with {encoder.name} ({', '.join(encoder.available_modes)})")
     step = max(args.batch_size * 8, 64)
@@ -412,7 +420,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         warnings.warn("m3-rag search --mode is deprecated; use --modes", DeprecationWarning, stacklevel=1)
         _err("m3-rag search: --mode is deprecated; use --modes")
         args.modes = args.mode_deprecated
-    store, _ = _load_index(args.index, args.model, args.device)
+    store, _ = _load_index(args.index, args.model, args.device, **_fast_args(args))
     modes = _parse_mode_args(args.modes) or list(store.modes)
     missing = [m for m in modes if m not in store.modes]
     if missing:
@@ -452,7 +460,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             grid = [ev.parse_modes(g) for g in grid]
         except ValueError as exc:
             raise CLIError(str(exc)) from exc
-    encoder = load_model(args.model, device=args.device)
+    encoder = load_model(args.model, device=args.device, **_fast_args(args))
     if grid is not None:
         missing = sorted({m for g in grid for m in g} - set(encoder.available_modes))
         if missing:
@@ -557,6 +565,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fast_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {"quantize": getattr(args, "quantize", None), "backend": getattr(args, "backend", "torch")}
+
+
+def _add_fast(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", choices=("int8",), default=None, help="int8: dynamic int8 backbone (CPU only; default fp32)")
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help='onnx: run an ONNX Runtime export, cached on disk (CPU only; needs pip install "m3-rag[onnx]")',
+    )
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
@@ -600,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a file that cannot be decoded: skip it with a warning, or stop (default %(default)s)",
     )
     _add_common(p)
+    _add_fast(p)
     p.set_defaults(handler=_cmd_index)
 
     p = sub.add_parser("search", help="search an index", description="Search an index folder made by `m3-rag index`.")
@@ -612,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="show the matched sparse tokens (needs the sparse mode)")
     p.add_argument("--json", action="store_true", help="print the hits as JSON")
     _add_common(p)
+    _add_fast(p)
     p.set_defaults(handler=_cmd_search)
 
     p = sub.add_parser(
@@ -641,6 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help='print {"dataset", "model", "results": [...]} as JSON on stdout')
     _add_common(p)
+    _add_fast(p)
     p.set_defaults(handler=_cmd_eval)
 
     p = sub.add_parser("quickstart", help="a demo that needs no network", description="Index ten sentences and search them in every mode and fusion; needs no network.")

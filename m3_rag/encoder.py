@@ -374,6 +374,11 @@ class M3Encoder:
         pad = getattr(tokenizer, "pad_token_id", None)
         self._pad_id = int(pad) if pad is not None else 0
         self._fingerprint: str | None = None
+        #: Numeric path settings (see :meth:`from_pretrained`'s ``quantize``/``backend``/``num_threads``).
+        self.quantize: str | None = None
+        self.backend: str = "torch"
+        self.num_threads: int | None = None
+        self._onnx: Any = None
         #: Fusion weights the checkpoint's authors recommend for ``weighted`` fusion (from the
         #: ``fusion_weights`` entry of an ``m3_model.json`` beside the heads), or ``None``.
         #: ``m3-rag eval`` uses them; ``HybridStore`` keeps FlagEmbedding's defaults unless told otherwise.
@@ -394,6 +399,10 @@ class M3Encoder:
         local_files_only: bool | None = None,
         token: str | bool | None = None,
         attn_implementation: str | None = "sdpa",
+        quantize: str | None = None,
+        backend: str = "torch",
+        num_threads: int | None = None,
+        onnx_cache_dir: str | os.PathLike[str] | None = None,
     ) -> "M3Encoder":
         """Load a checkpoint in BGE-M3 layout.
 
@@ -409,6 +418,16 @@ class M3Encoder:
             attn_implementation: passed to transformers (``"sdpa"`` by default, falling back to eager
                 when the backbone does not support it).
 
+            quantize: ``None`` (fp32) or ``"int8"``: dynamic int8 quantisation of the backbone's linear
+                layers (heads stay fp32). CPU only.
+            backend: ``"torch"`` or ``"onnx"`` (backbone and heads exported as one ONNX graph, cached on
+                disk, run with ONNX Runtime; needs ``pip install "m3-rag[onnx]"``). CPU only.
+            num_threads: CPU threads for the forward pass. On the torch backend this calls
+                ``torch.set_num_threads`` (process-wide); on the ONNX backend it sets the session's
+                ``intra_op_num_threads`` only. Default: the library defaults (all cores).
+            onnx_cache_dir: where ONNX exports are cached; default ``$M3_RAG_ONNX_CACHE`` or
+                ``~/.cache/m3_rag/onnx``.
+
         The folder holds a Hugging Face encoder (``config.json``, weights, tokenizer) and optionally
         ``colbert_linear.pt`` and ``sparse_linear.pt`` (``nn.Linear`` state dicts). Missing head files
         are allowed: the encoder then serves dense only, and asking for that head raises
@@ -416,7 +435,14 @@ class M3Encoder:
         """
         from transformers import AutoModel, AutoTokenizer
 
-        dev = _pick_device(device)
+        from . import fast
+
+        dev = _pick_device(device if device is not None or (quantize is None and backend == "torch") else "cpu")
+        fast.check_options(quantize, backend, dev)
+        if num_threads is not None and (not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1):
+            raise ValueError(f"num_threads must be a positive int or None; got {num_threads!r}")
+        if backend == "onnx":
+            fast._require_onnxruntime()
         if fp16 is None:
             fp16 = dev.type == "cuda"
         elif fp16 and dev.type != "cuda":
@@ -490,6 +516,8 @@ class M3Encoder:
             if flag:
                 enc.drop_special_tokens_from_sparse()
         enc._to_device()
+        if quantize is not None or backend != "torch" or num_threads is not None:
+            enc._setup_fast(quantize=quantize, backend=backend, num_threads=num_threads, onnx_cache_dir=onnx_cache_dir)
         return enc
 
     def drop_special_tokens_from_sparse(self) -> None:
@@ -502,6 +530,41 @@ class M3Encoder:
         """
         special = getattr(self.tokenizer, "all_special_ids", None) or []
         self.unused_token_ids = frozenset(self.unused_token_ids | {int(t) for t in special})
+
+    def _setup_fast(
+        self,
+        *,
+        quantize: str | None,
+        backend: str,
+        num_threads: int | None,
+        onnx_cache_dir: str | os.PathLike[str] | None,
+    ) -> None:
+        """Switch this fp32 CPU encoder to the int8 and/or ONNX Runtime path (see :mod:`m3_rag.fast`)."""
+        from . import fast
+
+        fast.check_options(quantize, backend, self.device)
+        _ = self.fingerprint  # the model identity is taken from the fp32 weights, before any conversion
+        if backend == "onnx":
+            self._onnx = fast.load_onnx(
+                self.backbone,
+                pooling=self.pooling,
+                sparse=self.sparse_linear,
+                colbert=self.colbert_linear,
+                fingerprint=self.fingerprint,
+                quantize=quantize,
+                num_threads=num_threads,
+                cache_dir=onnx_cache_dir,
+            )
+            # the torch weights are no longer needed: keep the module (config, shapes) on the meta device
+            self.backbone.to("meta")
+        else:
+            if num_threads is not None:
+                torch.set_num_threads(num_threads)
+            if quantize == "int8":
+                self.backbone = fast.quantize_backbone_int8(self.backbone)
+        self.quantize = quantize
+        self.backend = backend
+        self.num_threads = num_threads
 
     def _to_device(self) -> None:
         dtype = torch.float16 if self.fp16 else torch.float32
@@ -550,10 +613,22 @@ class M3Encoder:
         return tuple(modes)
 
     @property
-    def fingerprint(self) -> str:
-        """A short hash of the weights and settings that determine the outputs.
+    def numeric_path(self) -> str:
+        """How the numbers are computed: ``fp32``, ``fp16``, ``int8``, ``onnx-fp32`` or ``onnx-int8``.
 
-        Stores record it so an index is never searched with a different model.
+        Not part of :attr:`fingerprint`: every path computes the same model (int8 within quantisation
+        error), so an index built with one path may be searched with another.
+        """
+        from .fast import numeric_path
+
+        return numeric_path(self.quantize, self.backend, self.fp16)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the weights and settings that determine the outputs (the model identity).
+
+        Stores record it so an index is never searched with a different model. It is computed from
+        the fp32 weights, so it is the same on every :attr:`numeric_path`.
         """
         if self._fingerprint is None:
             import hashlib
@@ -582,7 +657,8 @@ class M3Encoder:
     def __repr__(self) -> str:
         return (
             f"M3Encoder(name={self.name!r}, modes={self.available_modes}, pooling={self.pooling!r}, "
-            f"device={self.device.type!r}, fp16={self.fp16}, max_seq_length={self.max_seq_length})"
+            f"device={self.device.type!r}, fp16={self.fp16}, numeric_path={self.numeric_path!r}, "
+            f"max_seq_length={self.max_seq_length})"
         )
 
     # ------------------------------------------------------------------ encoding
@@ -760,6 +836,9 @@ class M3Encoder:
                 for row, i in enumerate(batch):
                     input_ids[row, : blen[row]] = ids[i]
                 mask_np = np.arange(width)[None, :] < blen[:, None]
+                if self._onnx is not None:
+                    self._onnx_batch(batch, input_ids, mask_np, blen, unused, dense_out, sparse_out, colbert_out)
+                    continue
                 t_ids = torch.from_numpy(input_ids).to(self.device)
                 t_mask = torch.from_numpy(mask_np.astype(np.int64)).to(self.device)
                 hidden = self.backbone(input_ids=t_ids, attention_mask=t_mask, return_dict=True).last_hidden_state
@@ -773,15 +852,7 @@ class M3Encoder:
                     dense_out[batch] = vec.cpu().numpy()  # type: ignore[index]
                 if sparse:
                     weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1).float().cpu().numpy()  # type: ignore[misc]
-                    keep = mask_np & (weights > 0.0)
-                    if len(unused):
-                        keep &= ~np.isin(input_ids, unused)
-                    for row, i in enumerate(batch):
-                        sel = keep[row]
-                        toks, ws = input_ids[row, sel], weights[row, sel]
-                        # insert lightest first: a repeated token id ends with its largest weight (max-merge)
-                        order = np.argsort(ws, kind="stable")
-                        sparse_out[i] = dict(zip(toks[order].tolist(), ws[order].tolist()))  # type: ignore[index]
+                    self._sparse_rows(batch, input_ids, mask_np, weights, unused, sparse_out)  # type: ignore[arg-type]
                 if colbert:
                     # only real tokens after CLS go through the head: no work on padding, no per-row copies
                     valid = hidden[:, 1:][t_mask[:, 1:].bool()]
@@ -791,6 +862,48 @@ class M3Encoder:
                     for i, mat in zip(batch, np.split(flat, bounds)):
                         colbert_out[i] = mat  # type: ignore[index]
         return M3Output(dense=dense_out, sparse=sparse_out, colbert=colbert_out)
+
+    @staticmethod
+    def _sparse_rows(
+        batch: np.ndarray,
+        input_ids: np.ndarray,
+        mask_np: np.ndarray,
+        weights: np.ndarray,
+        unused: np.ndarray,
+        sparse_out: list[dict[int, float]],
+    ) -> None:
+        """Per-text lexical weights from per-token weights: special ids and padding dropped, max-merge."""
+        keep = mask_np & (weights > 0.0)
+        if len(unused):
+            keep &= ~np.isin(input_ids, unused)
+        for row, i in enumerate(batch):
+            sel = keep[row]
+            toks, ws = input_ids[row, sel], weights[row, sel]
+            # insert lightest first: a repeated token id ends with its largest weight (max-merge)
+            order = np.argsort(ws, kind="stable")
+            sparse_out[i] = dict(zip(toks[order].tolist(), ws[order].tolist()))
+
+    def _onnx_batch(
+        self,
+        batch: np.ndarray,
+        input_ids: np.ndarray,
+        mask_np: np.ndarray,
+        blen: np.ndarray,
+        unused: np.ndarray,
+        dense_out: np.ndarray | None,
+        sparse_out: list[dict[int, float]] | None,
+        colbert_out: list[np.ndarray] | None,
+    ) -> None:
+        """One batch through the ONNX Runtime graph, post-processed exactly as the torch path."""
+        outs = self._onnx.run(input_ids, mask_np.astype(np.int64))
+        if dense_out is not None:
+            dense_out[batch] = outs["dense"]
+        if sparse_out is not None:
+            self._sparse_rows(batch, input_ids, mask_np, outs["sparse"], unused, sparse_out)
+        if colbert_out is not None:
+            col = outs["colbert"]
+            for row, i in enumerate(batch):
+                colbert_out[i] = np.ascontiguousarray(col[row, : int(blen[row]) - 1], dtype=np.float32)
 
     # ------------------------------------------------------------------ helpers
     def sparse_to_tokens(self, weights: Mapping[int, float]) -> dict[str, float]:

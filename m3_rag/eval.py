@@ -492,6 +492,9 @@ def encode_corpus(
             "Drop them from the grid (--modes) or use a checkpoint with those heads."
         )
     settings = f"{encoder.fingerprint}:{dataset.fingerprint}:{max_length}:{encoder.max_seq_length}:{encoder.fp16}"
+    path_name = getattr(encoder, "numeric_path", "fp32")
+    if path_name not in ("fp32", "fp16"):  # int8 / ONNX encodings are cached apart (fp32 keys unchanged)
+        settings += f":{path_name}"
     key = hashlib.sha256(settings.encode()).hexdigest()[:16]
     prefix = f"{dataset.name}-{key}-"
     root = Path(cache_dir).expanduser() if cache_dir is not None else None
