@@ -271,8 +271,8 @@ class PQCodec(ColbertCodec):
     ``m`` (default ``None`` = ``d // 16``, i.e. 16 dimensions per sub-quantiser: 64 bytes at 1024-d, 24 at
     384-d) must divide ``d``. ``opq=True`` learns an OPQ rotation first (``faiss.OPQMatrix``).
 
-    Scoring decodes the candidates' codes in one go (a gather of centroids) and runs one GEMM plus a segmented
-    max. :meth:`state` is FAISS's own serialisation (``faiss.serialize_index`` of an ``IndexPQ``, or of an
+    Scoring uses lookup tables (query sub-vector . centroid) gathered for the candidates' codes in one go per
+    sub-quantiser, then a segmented max; :meth:`decode` reconstructs vectors (a gather of centroids). :meth:`state` is FAISS's own serialisation (``faiss.serialize_index`` of an ``IndexPQ``, or of an
     ``IndexPreTransform`` with OPQ) as a ``uint8`` array; :meth:`load_state` checks dimension, ``m`` and
     ``nbits`` against what the index expects.
     """
@@ -386,9 +386,24 @@ class PQCodec(ColbertCodec):
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"pq codec: the query must have shape (m, {self.dim}); got {q.shape}")
         codes = parts["tokens"]
-        # Rotate the query instead of every decoded token: (R x) . q = x_rot . q  <=>  x . (R^T)... here x ~ rec @ R.
-        qt = np.ascontiguousarray((q @ self._rotation.T).T if self._rotation is not None else q.T)
-        return _maxsim_blocks(q, offsets, docs, lambda rows: self._decode_rotated(codes[rows]) @ qt, self.chunk_tokens)
+        # Asymmetric distance computation: x ~ rec @ R, so x . q = rec . (q @ R.T); one lookup table of
+        # q_sub . centroid per sub-quantiser (m, 256, nq), then per chunk of candidate tokens a gather-and-add
+        # per sub-quantiser (a loop over the m sub-quantisers, never over documents). Measured ~4x faster than
+        # decoding the tokens and one GEMM (bench/colbert.py latency).
+        qr = q @ self._rotation.T if self._rotation is not None else q
+        assert self._centroids is not None
+        m, ksub, dsub = self._centroids.shape
+        lut = np.einsum("mkd,qmd->mkq", self._centroids, qr.reshape(len(qr), m, dsub)).reshape(m * ksub, len(qr))
+        base = np.arange(m, dtype=np.intp) * ksub
+
+        def sims(rows: np.ndarray) -> np.ndarray:
+            c = codes[rows]
+            out = np.zeros((len(rows), len(qr)), dtype=np.float32)
+            for j in range(m):
+                out += lut[c[:, j].astype(np.intp) + base[j]]
+            return out
+
+        return _maxsim_blocks(q, offsets, docs, sims, self.chunk_tokens)
 
     def state(self) -> dict[str, np.ndarray]:
         import faiss
