@@ -181,3 +181,20 @@ def test_pool_factor_rejected(bad):
 def test_pool_bad_matrix():
     with pytest.raises(ValueError, match=r"\(n, d\)"):
         pool_tokens(np.ones(4, np.float32), 2)
+
+
+# ------------------------------------------------------------------------------- with the ColBERT index
+def test_colbert_index_holds_compact_codecs():
+    from m3_rag.index.colbert import ColbertIndex
+
+    rng = np.random.default_rng(3)
+    docs = [rng.standard_normal((int(n), 32)).astype(np.float32) for n in rng.integers(8, 20, 30)]
+    ix = ColbertIndex(32, "binary")
+    ix.append(ix.prepare(docs))
+    _, arrays = ix.to_arrays()
+    assert {"colbert_tokens.npy", "colbert_scale.npy"} <= set(arrays)
+    pq = ColbertIndex(32, "pq")  # trained on the first add's tokens
+    pq.append(pq.prepare(docs))
+    assert pq.codec.is_fitted and "colbert_codec_faiss_index.npy" in pq.to_arrays()[1]
+    with pytest.raises(ValueError, match="at least 256"):
+        ColbertIndex(32, "pq").prepare(docs[:3])
