@@ -1,0 +1,301 @@
+"""ColBERT storage at scale: codecs (fp32, fp16, int8, binary, pq) x token pooling, measured.
+
+Usage::
+
+    python bench/minilm_m3_eval.py cache --cache-dir /tmp/m3cache          # backbone token states, once
+    python bench/colbert.py quality --cache-dir /tmp/m3cache [--collections med cranfield ...]
+    python bench/colbert.py latency                                          # 200 candidates, 1024-d, fp16 vs others
+    python bench/colbert.py scale --docs 10000                               # synthetic three-mode corpus
+
+``quality``: nDCG@10 of ColBERT alone (brute force MaxSim over every document, as the store's single-mode
+ColBERT search does) and of all three modes fused with the model's recommended weights (``m3_model.json``
+``fusion_weights``), for each codec x pool factor (1, 2, 3; pooled with and without renormalisation), against
+fp32 unpooled on the same documents. ``minilm-m3``'s ColBERT is 384-d; bytes per raw (unpooled) token are
+given at 384-d and for the 1024-d equivalent (same bits per dimension; PQ with the same sub-vector size).
+Every subcommand prints JSON and merges it into ``bench/results/colbert.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+RESULTS = REPO / "bench" / "results" / "colbert.json"
+
+#: (label, codec name, kwargs as a function of the dimension)
+CODEC_GRID = [
+    ("fp32", "fp32", lambda d: {}),
+    ("fp16", "fp16", lambda d: {}),
+    ("int8", "int8", lambda d: {}),
+    ("binary", "binary", lambda d: {"scale": "mean_abs"}),
+    ("binary-l2", "binary", lambda d: {"scale": "l2"}),
+    ("binary-noscale", "binary", lambda d: {"scale": "none"}),
+    ("pq-d/16", "pq", lambda d: {"m": d // 16}),
+    ("pq-d/8", "pq", lambda d: {"m": d // 8}),
+    ("opq-d/16", "pq", lambda d: {"m": d // 16, "opq": True}),
+]
+
+
+def save(section: str, value) -> None:
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    data[section] = value
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(data, indent=1))
+
+
+def make(label: str, dim: int):
+    from m3_rag.index.codecs import make_codec
+
+    for lab, name, kw in CODEC_GRID:
+        if lab == label:
+            return make_codec(name, **kw(dim))
+    raise KeyError(label)
+
+
+def bytes_1024(label: str) -> float:
+    return make(label, 1024).bytes_per_token(1024)
+
+
+def pack(docs):
+    offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+    np.cumsum([len(x) for x in docs], out=offsets[1:])
+    return np.concatenate(docs).astype(np.float32), offsets
+
+
+def encode_all(codec, tokens: np.ndarray, seed: int = 0):
+    if codec.trained:
+        rng = np.random.default_rng(seed)
+        sample = tokens[rng.choice(len(tokens), min(len(tokens), 65536), replace=False)]
+        codec.fit(sample)
+    return codec.encode(tokens)
+
+
+# ------------------------------------------------------------------------------------------ quality
+def colbert_vectors(cache, w, b):
+    out = []
+    for i in range(len(cache)):
+        h = cache.token_states(i)[1:] @ w.T + b
+        out.append((h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12)).astype(np.float32))
+    return out
+
+
+def cmd_quality(args) -> None:
+    import minilm_m3_eval as ev
+    from m3_rag.encoder import resolve_model_path
+    from m3_rag.index.pooling import pool_tokens
+    from m3_rag.train import TokenStateCache
+
+    ev.CACHE = args.cache_dir
+    _, heads = resolve_model_path("minilm-m3")
+    weights = json.loads((Path(heads) / "m3_model.json").read_text())["fusion_weights"]
+    sw, sb, cw, cb = ev.load_heads("minilm-m3")
+    unused, vocab = ev.token_space()
+    per = {}
+    for name in args.collections:
+        t0 = time.perf_counter()
+        doc_ids, _, qids, _, qrels = ev.read_collection(name, args.datasets_dir)
+        dq, dd = TokenStateCache(args.cache_dir / name / "queries"), TokenStateCache(args.cache_dir / name / "docs")
+        dense = np.asarray(dq.dense) @ np.asarray(dd.dense).T
+        sparse = (ev.sparse_matrix(dq, sw, sb, unused, vocab) @ ev.sparse_matrix(dd, sw, sb, unused, vocab).T).toarray()
+        qv, dv = colbert_vectors(dq, cw, cb), colbert_vectors(dd, cw, cb)
+        raw_tokens = sum(len(x) for x in dv)
+        dim = dv[0].shape[1]
+        rows = {}
+        for factor in args.pool_factors:
+            for renorm in ((False,) if factor == 1 else (False, True)):
+                tp = time.perf_counter()
+                pooled = dv if factor == 1 else [pool_tokens(x, factor, renormalize=renorm) for x in dv]
+                pool_s = time.perf_counter() - tp
+                tokens, offsets = pack(pooled)
+                for label, _, _ in CODEC_GRID:
+                    if label not in args.codecs:
+                        continue
+                    codec = make(label, dim)
+                    parts = encode_all(codec, tokens)
+                    cmat = np.stack([codec.maxsim(q, parts, offsets, None) for q in qv])
+                    fused = weights["dense"] * dense + weights["sparse"] * sparse + weights["colbert"] * cmat
+                    key = f"{label}|pool{factor}{'+renorm' if renorm else ''}"
+                    rows[key] = {
+                        "colbert": round(ev.ndcg10(cmat, doc_ids, qids, qrels), 4),
+                        "fused": round(ev.ndcg10(fused, doc_ids, qids, qrels), 4),
+                        "vectors_per_raw_token": round(len(tokens) / raw_tokens, 4),
+                        "bytes_per_raw_token_384": round(codec.bytes_per_token(dim) * len(tokens) / raw_tokens, 2),
+                        "bytes_per_raw_token_1024": round(bytes_1024(label) * len(tokens) / raw_tokens, 2),
+                        "pool_seconds": round(pool_s, 2),
+                    }
+        per[name] = {"docs": len(doc_ids), "queries": len(qids), "raw_tokens": raw_tokens, "rows": rows}
+        print(name, f"{time.perf_counter() - t0:.0f}s", json.dumps(rows["fp32|pool1"]), file=sys.stderr, flush=True)
+    keys = list(next(iter(per.values()))["rows"])
+    mean = {}
+    for k in keys:
+        m = {f: float(np.mean([per[c]["rows"][k][f] for c in per])) for f in ("colbert", "fused")}
+        ref = {f: float(np.mean([per[c]["rows"]["fp32|pool1"][f] for c in per])) for f in ("colbert", "fused")}
+        mean[k] = {
+            "colbert": round(m["colbert"], 4), "fused": round(m["fused"], 4),
+            "colbert_rel_change": round((m["colbert"] - ref["colbert"]) / ref["colbert"], 4),
+            "fused_delta": round(m["fused"] - ref["fused"], 4),
+            "bytes_per_raw_token_1024": round(float(np.mean([per[c]["rows"][k]["bytes_per_raw_token_1024"] for c in per])), 2),
+            "bytes_per_raw_token_384": round(float(np.mean([per[c]["rows"][k]["bytes_per_raw_token_384"] for c in per])), 2),
+        }
+    out = {"model": "minilm-m3", "fusion_weights": weights, "collections": list(per), "mean": mean, "per_collection": per}
+    save("quality", out)
+    print(json.dumps(out))
+
+
+# ------------------------------------------------------------------------------------------ latency
+def synthetic_docs(rng, n_docs: int, tokens: int, dim: int, dtype=np.float16):
+    """Unit-norm token vectors with some per-document structure (documents are mixtures of a few topics)."""
+    out = np.empty((n_docs * tokens, dim), dtype=dtype)
+    topics = rng.standard_normal((64, dim)).astype(np.float32)
+    for s in range(0, n_docs, 200):
+        e = min(n_docs, s + 200)
+        n = (e - s) * tokens
+        x = topics[rng.integers(0, 64, n)] + 1.5 * rng.standard_normal((n, dim)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        out[s * tokens : e * tokens] = x
+    return out
+
+
+def cmd_latency(args) -> None:
+    rng = np.random.default_rng(0)
+    dim, tpd = args.dim, args.tokens
+    tokens16 = synthetic_docs(rng, args.docs, tpd, dim)
+    offsets = np.arange(0, (args.docs + 1) * tpd, tpd, dtype=np.int64)
+    q = synthetic_docs(rng, 1, 32, dim, np.float32)
+    cands = [np.sort(rng.choice(args.docs, args.candidates, replace=False)) for _ in range(args.reps)]
+    res = {}
+    for label in args.codecs:
+        codec = make(label, dim)
+        if codec.trained:
+            codec.fit(tokens16[rng.choice(len(tokens16), 65536, replace=False)].astype(np.float32))
+        parts = {}
+        for s in range(0, len(tokens16), 100_000):  # encode in chunks (fp32 copies stay small)
+            for k, v in codec.encode(tokens16[s : s + 100_000].astype(np.float32)).items():
+                parts.setdefault(k, []).append(v)
+        parts = {k: np.concatenate(v) for k, v in parts.items()}
+        codec.maxsim(q, parts, offsets, cands[0])  # warm-up
+        times = []
+        for c in cands:
+            t = time.perf_counter()
+            codec.maxsim(q, parts, offsets, c)
+            times.append(time.perf_counter() - t)
+        res[label] = {"median_ms": round(1000 * float(np.median(times)), 3),
+                      "bytes_per_token": codec.bytes_per_token(dim)}
+        del parts
+    for r in res.values():
+        r["vs_fp16"] = round(r["median_ms"] / res["fp16"]["median_ms"], 3) if "fp16" in res else None
+    out = {"dim": dim, "tokens_per_doc": tpd, "docs": args.docs, "candidates": args.candidates, "query_tokens": 32,
+           "reps": args.reps, "codecs": res}
+    save("latency", out)
+    print(json.dumps(out))
+
+
+# ------------------------------------------------------------------------------------------ scale
+def rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+def cmd_scale(args) -> None:
+    """A three-mode corpus built directly on the codec and pooling functions (not through a store):
+    ColBERT (pooled, compact codec), 1024-d dense (float32, brute force), sparse (CSR, 100 terms/doc, 250k vocab)."""
+    import scipy.sparse as sp
+    from m3_rag.index.pooling import pool_tokens
+
+    rng = np.random.default_rng(0)
+    dim, tpd, n = args.dim, args.tokens, args.docs
+    codec = make(args.codec, dim)
+    chunk = 500
+    if codec.trained:
+        codec.fit(synthetic_docs(rng, 600, tpd, dim, np.float32))
+    parts: dict[str, list] = {}
+    lengths, dense, sp_rows = [], np.empty((n, dim), dtype=np.float32), []
+    t_add = time.perf_counter()
+    pool_s = 0.0
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        x = synthetic_docs(rng, e - s, tpd, dim, np.float32)
+        tp = time.perf_counter()
+        docs = [pool_tokens(x[i * tpd : (i + 1) * tpd], args.pool_factor) for i in range(e - s)]
+        pool_s += time.perf_counter() - tp
+        lengths += [len(d) for d in docs]
+        for k, v in codec.encode(np.concatenate(docs)).items():
+            parts.setdefault(k, []).append(v)
+        dv = rng.standard_normal((e - s, dim)).astype(np.float32)
+        dense[s:e] = dv / np.linalg.norm(dv, axis=1, keepdims=True)
+        cols = rng.integers(0, 250_000, (e - s, 100))
+        sp_rows.append(sp.csr_matrix((rng.random((e - s) * 100).astype(np.float32), cols.reshape(-1),
+                                      np.arange(0, (e - s) * 100 + 1, 100)), shape=(e - s, 250_000)))
+        del x, docs
+    parts = {k: np.concatenate(v) for k, v in parts.items()}
+    sparse = sp.vstack(sp_rows).tocsc()
+    del sp_rows
+    add_s = time.perf_counter() - t_add
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    nbytes = {"colbert": int(sum(v.nbytes for v in parts.values()) + offsets.nbytes), "dense": int(dense.nbytes),
+              "sparse": int(sparse.data.nbytes + sparse.indices.nbytes + sparse.indptr.nbytes)}
+    lat = []
+    for i in range(args.queries):
+        qd = dense[rng.integers(n)]
+        qc = synthetic_docs(rng, 1, 32, dim, np.float32)
+        qs_cols = rng.integers(0, 250_000, 16)
+        t = time.perf_counter()
+        ds = dense @ qd
+        top_d = np.argpartition(-ds, 100)[:100]
+        ss = np.asarray(sparse[:, qs_cols].sum(axis=1)).reshape(-1)
+        top_s = np.argpartition(-ss, 100)[:100]
+        cand = np.union1d(top_d, top_s)
+        cs = codec.maxsim(qc, parts, offsets, cand)
+        fused = ds[cand] + 0.3 * ss[cand] + 5.0 * cs
+        _ = cand[np.argsort(-fused, kind="stable")[:10]]
+        lat.append(time.perf_counter() - t)
+    out = {"docs": n, "tokens_per_doc": tpd, "dim": dim, "codec": args.codec, "pool_factor": args.pool_factor,
+           "stored_colbert_vectors": int(offsets[-1]), "bytes": nbytes, "bytes_total": int(sum(nbytes.values())),
+           "peak_rss_gb": round(rss_gb(), 3), "add_seconds": round(add_s, 1), "pool_seconds": round(pool_s, 1),
+           "add_docs_per_s": round(n / add_s, 1),
+           "hybrid_search_ms_p50": round(1000 * float(np.percentile(lat, 50)), 2),
+           "hybrid_search_ms_p95": round(1000 * float(np.percentile(lat, 95)), 2)}
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    scale = data.get("scale", {})
+    scale[str(n)] = out
+    save("scale", scale)
+    print(json.dumps(out))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("quality")
+    q.add_argument("--cache-dir", type=Path, default=Path("/tmp/m3cache"))
+    q.add_argument("--datasets-dir", type=Path, default=REPO.parent / "shared" / "datasets")
+    q.add_argument("--collections", nargs="+", default=["med", "cranfield", "cisi", "cacm", "npl", "lisa"])
+    q.add_argument("--pool-factors", nargs="+", type=int, default=[1, 2, 3])
+    q.add_argument("--codecs", nargs="+", default=[c[0] for c in CODEC_GRID])
+    l = sub.add_parser("latency")
+    l.add_argument("--dim", type=int, default=1024)
+    l.add_argument("--tokens", type=int, default=100)
+    l.add_argument("--docs", type=int, default=1000)
+    l.add_argument("--candidates", type=int, default=200)
+    l.add_argument("--reps", type=int, default=20)
+    l.add_argument("--codecs", nargs="+", default=["fp16", "fp32", "int8", "binary", "binary-noscale", "pq-d/16", "pq-d/8"])
+    s = sub.add_parser("scale")
+    s.add_argument("--docs", type=int, default=10_000)
+    s.add_argument("--dim", type=int, default=1024)
+    s.add_argument("--tokens", type=int, default=100)
+    s.add_argument("--codec", default="binary")
+    s.add_argument("--pool-factor", type=int, default=2)
+    s.add_argument("--queries", type=int, default=50)
+    args = ap.parse_args()
+    {"quality": cmd_quality, "latency": cmd_latency, "scale": cmd_scale}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
