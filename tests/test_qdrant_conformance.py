@@ -320,3 +320,55 @@ def test_float16_colbert_engine_rounds_the_query_too(data, tmp_path):
             worst = max(worst, abs(a.scores["colbert"] - b.scores["colbert"]))
     assert worst > 1e-6
     edge.client.close()
+
+
+_KILL_CHILD = r"""
+import sys, numpy as np, qdrant_edge as qe
+path = sys.argv[1]
+rng = np.random.default_rng(0)
+cfg = qe.EdgeConfig(vectors={"v": qe.EdgeVectorParams(size=32, distance=qe.Distance.Dot)},
+                    sparse_vectors={"s": qe.EdgeSparseVectorParams()})
+shard = qe.EdgeShard.create(path, cfg)
+b = 0
+while True:
+    pts = [qe.Point(id=b * 100 + i, vector={"v": rng.standard_normal(32).tolist(), "s": qe.SparseVector([1, 5], [0.1, 0.2])},
+                    payload={"batch": b}) for i in range(100)]
+    shard.update(qe.UpdateOperation.upsert_points(pts))
+    shard.flush()
+    print(b, flush=True)
+    b += 1
+"""
+
+
+def test_engine_keeps_every_acknowledged_batch_after_sigkill(tmp_path):
+    """What an Edge backend relies on for "durable when the call returns": a process upserting in batches
+    (update + flush, then print) is killed with SIGKILL after 8 acknowledgements; the shard reopens with
+    every acknowledged batch, each complete, and stays writable."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "shard")
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_CHILD, path], stdout=subprocess.PIPE, text=True)
+    acked = -1
+    try:
+        for line in proc.stdout:
+            acked = int(line)
+            if acked >= 7:
+                break
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert acked == 7
+    shard = qe.EdgeShard.load(path)
+    try:
+        n = shard.count(qe.CountRequest(exact=True))
+        assert n >= 800 and n % 100 == 0  # whole batches only
+        for b in range(8):
+            f = qe.Filter(must=[qe.FieldCondition(key="batch", match=qe.MatchValue(b))])
+            assert shard.count(qe.CountRequest(filter=f, exact=True)) == 100
+        shard.update(qe.UpdateOperation.upsert_points([qe.Point(id=10**6, vector={"v": [0.0] * 32})]))
+        assert shard.count(qe.CountRequest(exact=True)) == n + 1
+    finally:
+        shard.close()
