@@ -93,12 +93,24 @@ class Bm25Tokenizer:
         self._split = re.compile(_TOKEN_PATTERN).findall
         self._stems: dict[str, str] = {}
 
+    def split(self, texts: Sequence[str]) -> list[list[str]]:
+        """Lower-cased words of each text, stop-words dropped (before stemming)."""
+        split, stop = self._split, self._stop
+        return [[w for w in split(t.lower()) if w not in stop] for t in texts]
+
+    def stems_of(self, words: Sequence[str]) -> list[str]:
+        """The stem of each word (identity without a stemmer)."""
+        return list(words) if self._stem is None else self._stem(list(words))
+
     def __call__(self, texts: Sequence[str]) -> list[list[str]]:
         """Stems of each text (stop-words dropped, duplicates kept, in order)."""
-        split = [[w for w in self._split(t.lower()) if w not in self._stop] for t in texts]
+        split = self.split(texts)
         if self._stem is None:
             return split
-        new = sorted({w for doc in split for w in doc if w not in self._stems})
+        seen: set[str] = set()
+        for doc in split:
+            seen.update(doc)
+        new = sorted(seen.difference(self._stems))
         if new:
             self._stems.update(zip(new, self._stem(new)))
         stems = self._stems
@@ -146,7 +158,8 @@ class BM25Index(ModeIndex):
             raise ValueError(f"unknown BM25 variant {variant!r}; allowed: {list(BM25_VARIANTS)}")
         self.k1, self.b, self.delta, self.variant = float(k1), float(b), float(delta), variant
         self.tokenizer = Bm25Tokenizer(language, stopwords)
-        self._vocab: dict[str, int] = {}
+        self._vocab: dict[str, int] = {}  # stem -> term id
+        self._word_term: dict[str, int] = {}  # word (before stemming) -> term id
         self._terms_list: list[str] = []
         # doc-major storage: slot s holds postings _terms[_indptr[s]:_indptr[s+1]] with counts _tfs[...]
         self._indptr = np.zeros(1, np.int64)
@@ -181,44 +194,50 @@ class BM25Index(ModeIndex):
         }
 
     # ------------------------------------------------------------------------------------------ writes
-    def prepare(self, rows: Any) -> tuple[list[list[str]], np.ndarray]:
-        """Tokenise document strings: ``(stems per doc, lengths)``. Raises ``TypeError`` on a non-string."""
+    def prepare(self, rows: Any) -> tuple[list[str], np.ndarray, dict[str, str]]:
+        """Tokenise document strings: ``(all words, lengths, stems of unseen words)``; changes nothing.
+
+        Raises ``TypeError`` on a non-string row."""
         if isinstance(rows, str) or not isinstance(rows, Sequence):
             raise TypeError(f"bm25 rows must be a sequence of strings; got {type(rows).__name__}")
         for i, t in enumerate(rows):
             if not isinstance(t, str):
                 raise TypeError(f"bm25 rows must be strings; row {i} is {type(t).__name__}")
-        docs = self.tokenizer(rows)
-        return docs, np.array([len(d) for d in docs], np.float64)
+        words = self.tokenizer.split(rows)
+        flat: list[str] = []
+        for doc in words:
+            flat.extend(doc)
+        new = sorted(set(flat).difference(self._word_term))
+        return flat, np.array([len(d) for d in words], np.int64), dict(zip(new, self.tokenizer.stems_of(new)))
 
-    def append(self, prepared: tuple[list[list[str]], np.ndarray]) -> None:
+    def append(self, prepared: tuple[list[str], np.ndarray, dict[str, str]]) -> None:
         """Add tokenised documents as the next (live) slots; new stems extend the vocabulary."""
-        docs, lengths = prepared
-        vocab, terms_list = self._vocab, self._terms_list
-        ids: list[int] = []
-        counts: list[int] = []
-        sizes = np.zeros(len(docs), np.int64)
-        for i, doc in enumerate(docs):
-            c: dict[int, int] = {}
-            for w in doc:
-                t = vocab.get(w)
-                if t is None:
-                    t = vocab[w] = len(terms_list)
-                    terms_list.append(w)
-                c[t] = c.get(t, 0) + 1
-            ids.extend(c.keys())
-            counts.extend(c.values())
-            sizes[i] = len(c)
+        flat, lengths, new = prepared
+        vocab, terms_list, word_term = self._vocab, self._terms_list, self._word_term
+        for w, stem in new.items():
+            t = vocab.get(stem)
+            if t is None:
+                t = vocab[stem] = len(terms_list)
+                terms_list.append(stem)
+            word_term[w] = t
+        n_docs = lengths.shape[0]
+        v = max(1, len(terms_list))
+        doc_of = np.repeat(np.arange(n_docs, dtype=np.int64), lengths)
+        tok = np.fromiter(map(word_term.__getitem__, flat), np.int64, count=len(flat))
+        keys, tf = np.unique(doc_of * v + tok, return_counts=True)
+        sizes = np.bincount(keys // v, minlength=n_docs).astype(np.int64)
+        ids, counts = keys % v, tf
+        lengths = lengths.astype(np.float64)
         new_terms = np.array(ids, np.int32)
         self._terms = np.concatenate([self._terms, new_terms])
         self._tfs = np.concatenate([self._tfs, np.array(counts, np.float32)])
         self._indptr = np.concatenate([self._indptr, self._indptr[-1] + np.cumsum(sizes)])
         self._len = np.concatenate([self._len, lengths])
-        self._alive = np.concatenate([self._alive, np.ones(len(docs), bool)])
+        self._alive = np.concatenate([self._alive, np.ones(n_docs, bool)])
         df = np.zeros(len(terms_list), np.int64)
         df[: self._df.shape[0]] = self._df
         self._df = df + np.bincount(new_terms, minlength=len(terms_list))
-        self._n_live += len(docs)
+        self._n_live += n_docs
         self._total_len += float(lengths.sum())
         self._inv = None
 
@@ -262,6 +281,7 @@ class BM25Index(ModeIndex):
         out.k1, out.b, out.delta, out.variant = self.k1, self.b, self.delta, self.variant
         out.tokenizer = self.tokenizer
         out._vocab, out._terms_list = dict(self._vocab), list(self._terms_list)
+        out._word_term = dict(self._word_term)
         out._inv = None
         return out
 
@@ -443,6 +463,7 @@ class BM25Index(ModeIndex):
         vocab = load("bm25_vocab.npy", np.str_, 1, rows=int(meta["n_terms"]))
         out._terms_list = [str(w) for w in vocab.tolist()]
         out._vocab = {w: i for i, w in enumerate(out._terms_list)}
+        out._word_term = {}
         if len(out._vocab) != len(out._terms_list):
             raise ValueError("bm25 vocabulary has duplicate stems (corrupt file)")
         ip = out._indptr
