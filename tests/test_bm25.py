@@ -203,3 +203,24 @@ def test_persistence_round_trip(datasets_dir: Path, tmp_path: Path):
         BM25Index.from_arrays(meta, _loader(bad), len(ix))
     with pytest.raises(ValueError, match="format"):
         BM25Index.from_arrays({**meta, "format": 99}, _loader(loaded), len(ix))
+
+
+@pytest.mark.parametrize("variant", ["lucene", "atire", "bm25l"])
+def test_explain_contributions_sum_to_score(datasets_dir: Path, variant: str):
+    docs, queries = _adi(datasets_dir)
+    ix = _index(docs, variant=variant)
+    s, i = ix.topk(queries[:4], 3, None)
+    for q, row_s, row_i in zip(queries[:4], s, i):
+        for score, slot in zip(row_s, row_i):
+            ex = ix.explain(q, int(slot))
+            assert ex and all(isinstance(k, str) for k in ex)
+            # BM25L/BM25+ add idf * tfc(0) of every query term to every document (as bm25s does)
+            t, m = ix.query_terms([q])[0]
+            const = float((m * ix._idf(ix._df[t])).sum() * ix._tfc0())
+            assert sum(ex.values()) + const == pytest.approx(score, rel=1e-9)
+
+
+def test_allowed_mask_must_cover_every_slot():
+    ix = _index(["a cat", "a dog"])
+    with pytest.raises(ValueError, match="2 slots"):
+        ix.topk(["cat"], 1, np.ones(3, bool))

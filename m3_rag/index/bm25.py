@@ -387,7 +387,11 @@ class BM25Index(ModeIndex):
         qt = self.query_terms(Q)
         out_s = np.zeros((len(qt), k), np.float64)
         out_i = np.full((len(qt), k), -1, np.int64)
-        ok = self._alive if allowed is None else (self._alive & np.asarray(allowed, bool))
+        if allowed is not None:
+            allowed = np.asarray(allowed, bool)
+            if allowed.shape != (len(self),):
+                raise ValueError(f"allowed must be a boolean mask of {len(self)} slots; got shape {allowed.shape}")
+        ok = self._alive if allowed is None else (self._alive & allowed)
         for r, (t, m) in enumerate(qt):
             scores, matched = self._scores_full(t, m)
             cand = np.flatnonzero(matched & ok)
