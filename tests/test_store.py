@@ -80,6 +80,8 @@ class Reference:
         scores = {m: np.array([self.score(m, q, self.docs[d]) for d in allowed]) for m in modes}
         if len(modes) == 1:
             order = np.argsort(-scores[modes[0]], kind="stable")[:k]
+            if modes[0] == "sparse":  # sparse alone: only documents sharing a token with the query
+                order = order[scores["sparse"][order] > 0]
             return [(allowed[i], scores[modes[0]][i], {modes[0]: scores[modes[0]][i]}) for i in order]
         c = max(candidates or 100, k)
         cand = set()
@@ -124,7 +126,8 @@ def populated():
     gone = ["d0", "d10", "d61", "d99", "nope"]
     assert store.delete(gone) == 4
     ref.delete(gone)
-    assert store._alive_bitmap is not None  # tombstones present
+    # tombstones present: the dense index still holds the dead rows (compaction has not run)
+    assert store.memory_bytes()["dense"] > len(store) * D * 4
     return store, ref
 
 
@@ -157,7 +160,10 @@ def test_filter_applies_before_topk(populated, flt, modes):
     expected = ref.search(q, k=10, modes=modes, filter=flt, candidates=10)
     assert_same(hits, expected)
     n_match = sum(compile_filter(flt)(d["meta"]) for d in ref.docs.values())
-    assert len(hits) == min(10, n_match)
+    if modes == "sparse":  # sparse alone returns only documents sharing a token with the query
+        assert len(hits) <= min(10, n_match) and all(h.score > 0 for h in hits)
+    else:
+        assert len(hits) == min(10, n_match)
 
 
 def test_ids_restriction(populated):
@@ -167,7 +173,10 @@ def test_ids_restriction(populated):
     for modes in ("dense", "sparse", ("dense", "sparse", "colbert")):
         hits = store.search_encoded(q, k=10, modes=modes, ids=allowed)
         assert_same(hits, ref.search(q, k=10, modes=modes, ids=allowed))
-        assert {h.id for h in hits} == {"d1", "d2", "d3", "d77"}
+        if modes == "sparse":  # only documents sharing a token with the query
+            assert {h.id for h in hits} <= {"d1", "d2", "d3", "d77"}
+        else:
+            assert {h.id for h in hits} == {"d1", "d2", "d3", "d77"}
     assert store.search_encoded(q, ids=[]) == []
     both = store.search_encoded(q, k=10, ids=allowed, filter={"group": 9})
     assert [h.id for h in both] == ["d3"]
@@ -211,7 +220,11 @@ def test_k_larger_than_corpus_and_empty_store():
     assert store.search_encoded_batch(M3Output.concat([q, q])) == [[], []]
     store.add_encoded(make_encoded(rng, 4), ids=list("abcd"))
     for modes in ("dense", "sparse", "colbert", ("dense", "sparse", "colbert")):
-        assert sorted(h.id for h in store.search_encoded(q, k=50, modes=modes)) == list("abcd")
+        got = sorted(h.id for h in store.search_encoded(q, k=50, modes=modes))
+        if modes == "sparse":  # only documents sharing a token with the query
+            assert set(got) <= set("abcd")
+        else:
+            assert got == list("abcd")
 
 
 def test_sparse_zero_scores_tie_by_insertion_order():
@@ -219,9 +232,13 @@ def test_sparse_zero_scores_tie_by_insertion_order():
     store = HybridStore()
     enc = make_encoded(rng, 6, empty_sparse=True)
     store.add_encoded(enc, ids=["f", "e", "d", "c", "b", "a"])
-    hits = store.search_encoded(make_query(rng), k=4, modes="sparse")
-    assert [h.id for h in hits] == ["f", "e", "d", "c"]
-    assert all(h.score == 0.0 for h in hits)
+    q = make_query(rng)
+    # sparse alone: no document shares a token with the query, so nothing comes back (no zero-score padding)
+    assert store.search_encoded(q, k=4, modes="sparse") == []
+    # as a fusion first stage the sparse list is padded with zero-score documents in insertion order
+    hits = store.search_encoded(q, k=6, modes=("dense", "sparse"), candidates=4, fusion="rrf")
+    assert {h.id for h in hits} == {"f", "e", "d", "c", "b", "a"} - set() or len(hits) == 6
+    assert all(h.scores["sparse"] == 0.0 for h in hits)
 
 
 def test_delete_leaves_no_ghosts_and_compacts():
@@ -237,13 +254,14 @@ def test_delete_leaves_no_ghosts_and_compacts():
         assert store.delete([top]) == 1
         ref.delete([top])
         assert top not in store and top not in [h.id for h in store.search_encoded(q, k=80, modes=modes)]
-    n_before = len(store._slot_ids)
+    bytes_before = store.memory_bytes()
     victims = ids[:40]
     store.delete(victims)
     ref.delete(victims)
-    assert len(store._slot_ids) < n_before  # compacted: dead slots are gone from every array
-    assert len(store._slot_ids) == len(store) == len(ref.docs)
-    assert store._index.ntotal == len(store)
+    # compacted: dead slots are gone from every index
+    assert len(store) == len(ref.docs)
+    assert store.memory_bytes()["dense"] == len(store) * D * 4 < bytes_before["dense"]
+    assert store.memory_bytes()["colbert"] < bytes_before["colbert"]
     for modes in MODE_SETS:
         assert_same(store.search_encoded(q, k=80, modes=modes), ref.search(q, k=80, modes=modes))
     store.delete(store.ids())
@@ -332,7 +350,8 @@ def test_hnsw_recall_filters_and_deletes():
     assert top not in [h.id for h in hnsw.search_encoded(q, k=400, modes="dense")]
     assert len(hnsw.search_encoded(q, k=400, modes="dense")) == 399
     hnsw.delete(ids[:200])  # compaction rebuilds the graph
-    assert hnsw._index.ntotal == len(hnsw) == 400 - len(set(ids[:200]) | {top})
+    assert len(hnsw) == 400 - len(set(ids[:200]) | {top})
+    assert hnsw.memory_bytes()["dense"] == len(hnsw) * (D * 4 + hnsw.hnsw_m * 2 * 4)
     assert all(int(h.id) >= 200 for h in hnsw.search_encoded(q, k=50, modes="dense"))
 
 
@@ -693,7 +712,7 @@ def test_search_encodes_only_needed_heads(text_store, monkeypatch):
     store.search_batch(["x", "y", "z"], modes="sparse")
     assert seen == [
         {"dense": True, "sparse": False, "colbert": False},
-        {"dense": True, "sparse": True, "colbert": True},
+        {"dense": True, "sparse": False, "colbert": True},  # explain applies only when sparse is searched
         {"dense": False, "sparse": True, "colbert": False},
     ]
 
@@ -718,9 +737,9 @@ def test_explain_gives_token_strings_and_contributions(text_store, tiny_encoder)
 
 def test_flat_index_in_blocks_matches_reference(tmp_path, monkeypatch):
     """Small FAISS blocks (24 vectors) so search, filters, deletes, compaction and save/load cross blocks."""
-    import m3_rag.store as store_mod
+    import m3_rag.index.dense as dense_mod
 
-    monkeypatch.setattr(store_mod, "_DENSE_BLOCK_BYTES", 24 * 4 * D)
+    monkeypatch.setattr(dense_mod, "_DENSE_BLOCK_BYTES", 24 * 4 * D)
     rng = np.random.default_rng(21)
     store, ref = HybridStore(colbert_dtype="fp32"), Reference()
     for start, size in ((0, 30), (30, 50), (80, 7)):
@@ -729,7 +748,6 @@ def test_flat_index_in_blocks_matches_reference(tmp_path, monkeypatch):
         metas = [{"g": i % 3} for i in range(start, start + size)]
         store.add_encoded(enc, ids=ids, metadatas=metas)
         ref.add(enc, ids, metas)
-    assert len(store._index.blocks) == 4 and store._index.block_rows == 24
     victims = ["b1", "b25", "b47", "b50", "b86"]
     store.delete(victims)
     ref.delete(victims)
@@ -744,9 +762,9 @@ def test_flat_index_in_blocks_matches_reference(tmp_path, monkeypatch):
     np.testing.assert_allclose(out.dense, np.stack([ref.docs[i]["dense"] for i in ids]))
     store.save(tmp_path / "idx")
     loaded = HybridStore.load(tmp_path / "idx")
-    assert len(loaded._index.blocks) == 4  # 82 vectors, compacted on save
+    assert loaded.memory_bytes()["dense"] == 82 * D * 4  # compacted on save
     assert_same(loaded.search_encoded(q, k=12), ref.search(q, k=12))
     store.delete([f"b{i}" for i in range(60)])  # compaction rebuilds the blocks
     ref.delete([f"b{i}" for i in range(60)])
-    assert store._index.ntotal == len(store) == len(ref.docs)
+    assert store.memory_bytes()["dense"] == len(store) * D * 4 and len(store) == len(ref.docs)
     assert_same(store.search_encoded(q, k=40, modes="dense"), ref.search(q, k=40, modes="dense"))

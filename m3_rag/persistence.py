@@ -1,0 +1,281 @@
+"""Save and load a HybridStore folder: one ``.npy`` file per array, records and a versioned header in JSON.
+
+Layout (format version 1): ``store.json`` (format name and version, settings, the encoder fingerprint, and
+the sha256, size, shape and dtype of every file), ``records.json`` (ids, texts, metadatas) and each
+per-mode index's arrays (:meth:`m3_rag.index.ModeIndex.to_arrays`). Never pickle: ``np.save`` with
+``allow_pickle=False``; FAISS HNSW graphs are FAISS's own serialisation as a ``uint8`` array.
+
+Saves are atomic: the files are written to a temporary sibling folder, fsynced, then swapped in by rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .index.colbert import ColbertIndex
+from .index.dense import DenseIndex
+from .index.sparse import SparseIndex
+from .types import MODES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .store import HybridStore
+
+__all__ = ["save_store", "load_store", "FORMAT_VERSION"]
+
+#: Version of the on-disk layout.
+FORMAT_VERSION = 1
+FORMAT_NAME = "m3-rag.HybridStore"
+_INDEX_CLASSES = {"dense": DenseIndex, "sparse": SparseIndex, "colbert": ColbertIndex}
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _Writer:
+    """Writes files into ``folder`` (fsynced) and records their checksums for the header."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.files: dict[str, dict[str, Any]] = {}
+
+    def array(self, name: str, arr: Any) -> None:
+        target = self.folder / name
+        if isinstance(arr, tuple) and arr and arr[0] == "blocks":  # float32 row blocks, never concatenated in memory
+            _, blocks, shape = arr
+            with open(target, "wb") as f:
+                np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": tuple(shape)})
+                for block in blocks:
+                    f.write(np.ascontiguousarray(block, dtype="<f4").data)
+                f.flush()
+                os.fsync(f.fileno())
+            shape_l, dtype = list(shape), "<f4"
+        else:
+            a = np.ascontiguousarray(arr)
+            with open(target, "wb") as f:
+                np.save(f, a, allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+            shape_l, dtype = list(a.shape), a.dtype.str
+        self.files[name] = {"sha256": _sha256_file(target), "bytes": target.stat().st_size, "shape": shape_l, "dtype": dtype}
+
+    def json(self, name: str, obj: Any) -> None:
+        target = self.folder / name
+        data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        with open(target, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        self.files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def _check_target(path: Path) -> None:
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"cannot save to {path}: it is a file, not a folder")
+        if any(path.iterdir()) and not (path / "store.json").is_file():
+            raise ValueError(
+                f"refusing to overwrite {path}: the folder is not empty and holds no store.json "
+                "(choose an empty or new folder)"
+            )
+
+
+def _write(store: "HybridStore", folder: Path) -> None:
+    w = _Writer(folder)
+    header: dict[str, Any] = {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "fingerprint": store.fingerprint,
+        "modes": list(store.modes), "count": len(store._slot_ids), "dense_dim": store.dense_dim,
+        "colbert_dim": store.colbert_dim, "colbert_dtype": store.colbert_dtype, "dense_index": store.dense_index,
+        "hnsw_m": store.hnsw_m, "hnsw_ef_search": store.hnsw_ef_search,
+        "hnsw_ef_construction": store.hnsw_ef_construction, "sparse_nnz": 0, "colbert_tokens": 0,
+    }
+    for mode, index in store._indexes.items():
+        meta, arrays = index.to_arrays()
+        for key, value in meta.items():
+            if key not in ("dense_dim", "dense_index", "hnsw_m", "hnsw_ef_search", "hnsw_ef_construction", "colbert_dtype"):
+                header[key] = value
+        for name, arr in arrays.items():
+            w.array(name, arr)
+    w.json("records.json", {"ids": store._slot_ids, "texts": store._texts, "metadatas": store._metas})
+    header["files"] = w.files
+    with open(folder / "store.json", "w", encoding="utf-8") as f:
+        json.dump(header, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_store(store: "HybridStore", path: str | os.PathLike[str]) -> None:
+    """Write ``store`` to the folder ``path`` atomically (compacting it first).
+
+    An existing folder at ``path`` is replaced only if it holds a saved HybridStore (or is empty).
+    """
+    path = Path(path)
+    parent = path.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    _check_target(path)
+    with store._lock.write():
+        store._compact()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
+        try:
+            _write(store, tmp)
+            _fsync_dir(tmp)
+            if path.exists():
+                old = parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+                os.rename(path, old)
+                os.rename(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, path)
+            _fsync_dir(parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _loader(path: Path, files: dict[str, dict[str, Any]]) -> Any:
+    def verified(name: str) -> Path:
+        meta = files.get(name)
+        if meta is None:
+            raise ValueError(f"{path}/store.json does not list {name}; the index is incomplete")
+        fp = path / name
+        if not fp.is_file():
+            raise ValueError(f"{fp} is missing; the saved index is incomplete")
+        size = fp.stat().st_size
+        if size != meta["bytes"]:
+            raise ValueError(f"{fp} has {size} bytes, expected {meta['bytes']}: the file is truncated or was modified")
+        if _sha256_file(fp) != meta["sha256"]:
+            raise ValueError(f"{fp} fails its checksum: the file is corrupt or was modified")
+        return fp
+
+    def load(name: str, dtype: Any, ndim: int | None, rows: int | None = None, mmap: bool = False) -> np.ndarray:
+        fp = verified(name)
+        try:
+            a = np.load(fp, allow_pickle=False, mmap_mode="r" if mmap else None)
+        except Exception as exc:  # numpy raises several types for a bad header
+            raise ValueError(f"{fp} is not a valid .npy file: {exc}") from exc
+        meta = files[name]
+        if (dtype is not None and a.dtype != np.dtype(dtype)) or a.dtype.str != meta["dtype"] or (
+            ndim is not None and a.ndim != ndim
+        ) or list(a.shape) != meta["shape"]:
+            raise ValueError(f"{fp}: expected a {ndim}-D {np.dtype(dtype) if dtype else ''} array of shape {meta['shape']}; got {a.dtype} {a.shape}")
+        if rows is not None and a.shape[0] != rows:
+            raise ValueError(f"{fp}: expected {rows} rows; got {a.shape[0]}")
+        return a
+
+    load.verified = verified  # type: ignore[attr-defined]
+    return load
+
+
+def _records(path: Path, load: Any, n: int) -> tuple[list, list, list]:
+    rec_path = load.verified("records.json")
+    try:
+        records = json.loads(rec_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{rec_path} is corrupt: {exc}") from exc
+    ids, texts, metas = records["ids"], records["texts"], records["metadatas"]
+    if not (isinstance(ids, list) and isinstance(texts, list) and isinstance(metas, list)) or not (len(ids) == len(texts) == len(metas) == n):
+        raise ValueError(f"{rec_path}: ids/texts/metadatas must be lists of {n} entries")
+    if not all(isinstance(i, str) for i in ids) or len(set(ids)) != n:
+        raise ValueError(f"{rec_path}: ids must be unique strings")
+    if not all(t is None or isinstance(t, str) for t in texts) or not all(isinstance(m, dict) for m in metas):
+        raise ValueError(f"{rec_path}: texts must be strings or null and metadatas objects")
+    return ids, texts, metas
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    header_path = path / "store.json"
+    if not header_path.is_file():
+        raise FileNotFoundError(f"no saved HybridStore at {path}: {header_path} does not exist")
+    try:
+        header = json.loads(header_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{header_path} is corrupt: {exc}") from exc
+    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+        raise ValueError(f"{header_path} is not a HybridStore header (format {header.get('format') if isinstance(header, dict) else None!r})")
+    version = header.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path} has format version {version!r}; this m3_rag reads version {FORMAT_VERSION}. Upgrade m3_rag or re-index.")
+    return header
+
+
+def load_store(cls: type, path: str | os.PathLike[str], encoder: Any | None = None, *, show_progress: bool = True) -> Any:
+    """Load a store written by :func:`save_store` (see :meth:`m3_rag.HybridStore.load`)."""
+    path = Path(path)
+    header = _read_header(path)
+    try:
+        return _from_header(cls, path, header, encoder, show_progress)
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise ValueError(f"{path}/store.json is malformed or inconsistent: {type(exc).__name__}: {exc}") from exc
+
+
+def _from_header(cls: type, path: Path, header: dict[str, Any], encoder: Any | None, show_progress: bool) -> Any:
+    saved_fp = header["fingerprint"]
+    if encoder is not None and saved_fp is not None and encoder.fingerprint != saved_fp:
+        raise ValueError(
+            f"the index at {path} was built with a model of fingerprint {saved_fp}, but the encoder given has "
+            f"fingerprint {encoder.fingerprint} ({getattr(encoder, 'name', '?')}). Load it with the same model, "
+            "or re-index the documents with this one."
+        )
+    modes = tuple(header["modes"])
+    if any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
+        raise ValueError(f"{path}/store.json lists unknown modes or a mode twice: {modes}")
+    n = header["count"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"{path}/store.json: count must be a non-negative int; got {n!r}")
+    if n and not modes:
+        raise ValueError(f"{path}/store.json: {n} documents but no modes")
+    files = header["files"]
+    if not isinstance(files, dict):
+        raise ValueError(f"{path}/store.json: files must be an object")
+    store = cls(
+        encoder, dense_index=header["dense_index"], hnsw_m=header["hnsw_m"], hnsw_ef_search=header["hnsw_ef_search"],
+        hnsw_ef_construction=header.get("hnsw_ef_construction", 80), colbert_dtype=header["colbert_dtype"],
+        show_progress=show_progress,
+    )
+    store._saved_fingerprint = saved_fp
+    load = _loader(path, files)
+    ids, texts, metas = _records(path, load, n)
+    indexes = {}
+    for mode in modes:
+        try:
+            indexes[mode] = _INDEX_CLASSES[mode].from_arrays(header, load, n)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+    if encoder is not None:
+        if "dense" in indexes and encoder.dense_dim != indexes["dense"].dim:
+            raise ValueError(f"the index has dense dimension {indexes['dense'].dim} but the encoder produces {encoder.dense_dim}")
+        cdim = getattr(encoder, "colbert_dim", None)
+        if "colbert" in indexes and cdim is not None and cdim != indexes["colbert"].dim:
+            raise ValueError(f"the index has ColBERT dimension {indexes['colbert'].dim} but the encoder produces {cdim}")
+    store._modes = modes or None
+    store._indexes = indexes
+    store._slot_ids, store._texts, store._metas = ids, texts, metas
+    store._alive = np.ones(n, dtype=bool)
+    store._id_to_slot = {doc_id: i for i, doc_id in enumerate(ids)}
+    return store

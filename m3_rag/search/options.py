@@ -1,0 +1,124 @@
+"""Search options parsed once into a frozen dataclass: the only place search defaults live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Collection, Mapping, Sequence
+
+from ..filters import compile_filter
+from ..fusion import DEFAULT_WEIGHTS, FUSIONS, resolve_weights
+from ..types import MODES
+from ..validation import check_ids, check_k, check_modes
+
+__all__ = ["SearchOptions", "parse_options", "OPTION_NAMES", "DEFAULT_K", "DEFAULT_CANDIDATES", "default_weights"]
+
+DEFAULT_K = 10
+#: First-stage depth per mode when ``candidates`` is not given (never fewer than ``k``).
+DEFAULT_CANDIDATES = 100
+OPTION_NAMES = ("k", "modes", "weights", "fusion", "candidates", "filter", "ids", "explain")
+
+
+def default_weights(encoder: Any | None) -> dict[str, float]:
+    """The weighted-fusion weights used when none are given: the model's declared ``fusion_weights``
+    (``minilm-m3`` declares them), else FlagEmbedding's :data:`m3_rag.fusion.DEFAULT_WEIGHTS`."""
+    declared = getattr(encoder, "fusion_weights", None) if encoder is not None else None
+    out = dict(DEFAULT_WEIGHTS)
+    if isinstance(declared, Mapping):
+        out.update({str(m): float(w) for m, w in declared.items()})
+    return out
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Validated search options.
+
+    Attributes:
+        k: hits wanted per query.
+        modes: the modes searched.
+        weights: per-mode fusion weights (resolved).
+        fusion: ``"weighted"``, ``"rrf"`` or ``"dbsf"``.
+        depths: first-stage mode -> candidate depth.
+        explicit_depths: ``True`` when the caller gave per-mode depths (``candidates={mode: n}``): the
+            first stages are exactly those modes, unpadded.
+        filter: a compiled metadata predicate (``None``: no filter); ``filter_spec`` keeps the original.
+        ids: restrict to these ids (``None``: no restriction).
+        explain: fill ``Hit.explain`` with matched lexical tokens (only when ``sparse`` is searched).
+        extra: backend-specific options (for example ``server_fusion``).
+    """
+
+    k: int
+    modes: tuple[str, ...]
+    weights: Mapping[str, float]
+    fusion: str
+    depths: Mapping[str, int]
+    explicit_depths: bool
+    filter: Callable[[dict], bool] | None
+    filter_spec: Any
+    ids: frozenset[str] | None
+    explain: bool
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _first_stages(modes: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(m for m in ("dense", "sparse") if m in modes) or (modes[0],)
+
+
+def parse_options(
+    held: Sequence[str] | None,
+    *,
+    encoder: Any | None = None,
+    extra_names: Sequence[str] = (),
+    k: int = DEFAULT_K,
+    modes: Sequence[str] | str = MODES,
+    weights: Sequence[float] | Mapping[str, float] | None = None,
+    fusion: str = "weighted",
+    candidates: int | Mapping[str, int] | None = None,
+    filter: Mapping[str, Any] | Callable[[dict], bool] | None = None,
+    ids: Collection[str] | None = None,
+    explain: bool = False,
+    **rest: Any,
+) -> SearchOptions:
+    """Validate the keyword arguments of ``search*`` for a store holding ``held`` modes (``None``: empty store)."""
+    unknown = sorted(set(rest) - set(extra_names))
+    if unknown:
+        raise TypeError(f"unknown search option(s) {unknown}; valid: {', '.join(OPTION_NAMES + tuple(extra_names))}")
+    k = check_k(k)
+    mode_t = check_modes(modes)
+    if held:
+        missing = [m for m in mode_t if m not in held]
+        if missing:
+            raise ValueError(
+                f"this store holds no {missing} vectors (it holds {tuple(held)}); search modes={tuple(held)} "
+                "or add documents with those outputs to a new store"
+            )
+    if fusion not in FUSIONS:
+        raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+    if weights is None and fusion == "weighted":
+        dw = default_weights(encoder)
+        weights = {m: dw[m] for m in mode_t}
+    w = resolve_weights(mode_t, weights, fusion)
+    explicit = isinstance(candidates, Mapping)
+    if explicit:
+        depths = {}
+        for m, d in candidates.items():  # type: ignore[union-attr]
+            if m not in mode_t:
+                raise ValueError(f"candidates names mode {m!r}, which is not searched ({mode_t})")
+            depths[m] = check_k(d, f"candidates[{m!r}]")
+        if not depths:
+            raise ValueError("candidates is an empty dict; give at least one mode -> depth")
+    else:
+        if candidates is not None:
+            check_k(candidates, "candidates")
+        depth = max(int(candidates) if candidates is not None else DEFAULT_CANDIDATES, k)
+        depths = {m: depth for m in _first_stages(mode_t)}
+    pred = compile_filter(filter) if not (isinstance(filter, Mapping) and not filter) and filter is not None else None
+    id_set = frozenset(check_ids(ids)) if ids is not None else None
+    if explain:
+        if encoder is None:
+            raise ValueError("explain=True needs an encoder to turn token ids into strings; pass encoder= to the store")
+        if held and "sparse" not in held:
+            raise ValueError(f"explain=True needs sparse vectors but this store holds {tuple(held)}")
+    return SearchOptions(
+        k=k, modes=mode_t, weights=w, fusion=fusion, depths=depths, explicit_depths=explicit, filter=pred,
+        filter_spec=filter, ids=id_set, explain=bool(explain), extra=dict(rest),
+    )
