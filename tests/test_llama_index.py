@@ -341,7 +341,7 @@ def test_hybrid_pool_sizes(index, hs):
     pool = list(dict.fromkeys(hit_ids(hs.search(q, k=3, modes="dense")) + hit_ids(hs.search(q, k=2, modes="sparse"))))
     dense = {h.id: h.score for h in hs.search(q, k=N, modes="dense")}
     sparse = {h.id: h.score for h in hs.search(q, k=N, modes="sparse")}
-    fused = fuse("weighted", {"dense": np.array([dense[i] for i in pool]), "sparse": np.array([sparse[i] for i in pool])},
+    fused = fuse("weighted", {"dense": np.array([dense[i] for i in pool]), "sparse": np.array([sparse.get(i, 0.0) for i in pool])},
                  {"dense": 0.6, "sparse": 0.4})
     order = sorted(range(len(pool)), key=lambda i: -fused[i])[:4]
     assert ids_of(got) == [pool[i] for i in order]
@@ -350,8 +350,11 @@ def test_hybrid_pool_sizes(index, hs):
     same = index.as_retriever(similarity_top_k=3, sparse_top_k=3, hybrid_top_k=2, vector_store_query_mode="hybrid")
     assert_same(same.retrieve(q), hs.search(q, k=2, modes=("dense", "sparse"), candidates=3))
     explained = index.as_retriever(similarity_top_k=3, hybrid_top_k=2, vector_store_query_mode="hybrid",
-                                   vector_store_kwargs={"modes": ("dense", "colbert"), "explain": True}).retrieve(q)
+                                   vector_store_kwargs={"modes": ("dense", "sparse", "colbert"), "explain": True}).retrieve(q)
     assert len(explained) == 2 and all("m3_explain" in r.node.metadata for r in explained)
+    unexplained = index.as_retriever(similarity_top_k=3, hybrid_top_k=2, vector_store_query_mode="hybrid",
+                                     vector_store_kwargs={"modes": ("dense", "colbert"), "explain": True}).retrieve(q)
+    assert not any(r.node.metadata.get("m3_explain") for r in unexplained)  # explain only when sparse is searched
     # sparse mode honours sparse_top_k
     assert len(index.as_retriever(similarity_top_k=5, sparse_top_k=2, vector_store_query_mode="sparse").retrieve(q)) == 2
 
@@ -441,6 +444,9 @@ FILTER_CASES = [
 def test_each_filter_operator(index, op, key, value, predicate, mode):
     filters = MetadataFilters(filters=[MetadataFilter(key=key, operator=op, value=value)])
     everything = index.as_retriever(similarity_top_k=50, filters=filters, vector_store_query_mode=mode).retrieve("cat")
+    if mode == "sparse":  # sparse alone returns only nodes sharing a token with the query
+        assert set(ids_of(everything)) <= _expected_ids(predicate) and all(r.score > 0 for r in everything)
+        return
     assert set(ids_of(everything)) == _expected_ids(predicate)
     # applied before top-k: k=2 still returns 2 matching nodes when 2 or more match
     top2 = index.as_retriever(similarity_top_k=2, filters=filters, vector_store_query_mode=mode).retrieve("cat")

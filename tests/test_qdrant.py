@@ -453,3 +453,20 @@ def test_langchain_retriever_accepts_qdrant_store(pair):
         b = M3Retriever(store=qdrant, k=5, fusion=fusion, filter={"parity": "odd"}).invoke("blood pressure")
         assert [d.id for d in b] == [d.id for d in a]
         assert [d.page_content for d in b] == [d.page_content for d in a]
+
+
+def test_close_honours_client_ownership(tmp_path):
+    from qdrant_client import QdrantClient
+
+    path = tmp_path / "local"
+    client = QdrantClient(path=str(path))
+    store = QdrantHybridStore(client, "own", show_progress=False)
+    store.add_encoded(_synthetic(3), ids=["a", "b", "c"])
+    store.close()  # a client passed in stays open
+    assert client.collection_exists("own")
+    QdrantHybridStore(client, "own").close(close_client=True)  # explicitly closed: the path can be reopened
+    with QdrantHybridStore(path, "own") as reopened:  # created from a path: owned, closed on exit
+        assert len(reopened) == 3
+    again = QdrantHybridStore(path, "own")
+    assert again.ids() == ["a", "b", "c"]
+    again.close()

@@ -182,10 +182,11 @@ def test_delete_len_ids_and_zero_fill_scroll(data, tmp_path):
     assert a.ids() == b.ids() and b.ids()[-1] == "doc-7"
     assert "doc-3" not in b and "doc-4" in b
     assert [r.text for r in b.get(["doc-7", "doc-4"])] == ["again", "text 4"]
-    # a sparse query sharing a token with few documents: the rest is filled with zero scores in insertion order
+    # a sparse query sharing a token with few documents: alone, only those come back; as a fusion first stage
+    # the list is filled with zero scores in insertion order (the scroll below)
     rare = M3Output(sparse=[{V - 1: 1.0}])
     got = b.search_encoded(rare, modes="sparse", k=60)
-    assert len(got) == 60 and sum(h.score == 0.0 for h in got) > 40  # the fill really ran
+    assert 0 < len(got) < 20 and all(h.score > 0 for h in got)
     _same(a.search_encoded(rare, modes="sparse", k=60), got)
     _same(a.search_encoded(q[0], modes=("dense", "sparse"), k=30, candidates=110),
           b.search_encoded(q[0], modes=("dense", "sparse"), k=30, candidates=110))

@@ -6,6 +6,6 @@ shared search pipeline, :mod:`m3_rag.search`).
 """
 
 from .filters import to_qdrant_filter
-from .store import M3_NAMESPACE, QdrantHybridStore, QdrantWriteError, point_id
+from .store import M3_NAMESPACE, PAYLOAD_ID, PAYLOAD_META, PAYLOAD_SEQ, PAYLOAD_TEXT, QdrantHybridStore, QdrantWriteError, point_id
 
-__all__ = ["QdrantHybridStore", "QdrantWriteError", "point_id", "to_qdrant_filter", "M3_NAMESPACE"]
+__all__ = ["QdrantHybridStore", "QdrantWriteError", "point_id", "to_qdrant_filter", "M3_NAMESPACE", "PAYLOAD_ID", "PAYLOAD_SEQ", "PAYLOAD_TEXT", "PAYLOAD_META"]

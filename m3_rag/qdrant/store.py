@@ -391,10 +391,21 @@ class QdrantHybridStore:
         """
         self.to_store(show_progress=False).save(path)
 
-    def close(self) -> None:
-        """Close the client if this store created it (needed before reopening a local path)."""
-        if self._owns_client:
+    def close(self, close_client: bool | None = None) -> None:
+        """Release the client.
+
+        Ownership rule: a client this store created (from a URL, ``":memory:"`` or a path) is closed; a
+        ``QdrantClient`` you passed in stays open for you to reuse, unless ``close_client=True``. Closing is
+        needed before the same local path can be opened again (local mode locks its folder).
+        """
+        if close_client if close_client is not None else self._owns_client:
             self.client.close()
+
+    def __enter__(self) -> "QdrantHybridStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ properties
     @property

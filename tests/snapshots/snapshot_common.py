@@ -54,6 +54,12 @@ def build_store(docs: list, queries: list, store_cls: Any = None, **store_kwargs
 
     torch.set_num_threads(1)
     enc = M3Encoder.from_pretrained("minilm-m3", device="cpu")
+    # The snapshot pins the store, not the model: encode with the sparse rule in force when it was taken
+    # (FlagEmbedding's: cls, eos, pad and unk dropped), not minilm-m3's later "drop every special token".
+    tok = enc.tokenizer
+    enc.unused_token_ids = frozenset(
+        int(t) for t in (getattr(tok, f"{n}_token_id", None) for n in ("cls", "eos", "pad", "unk")) if t is not None
+    )
     store = HybridStore(enc, show_progress=False, **store_kwargs)
     store.add([t for _, t in docs], ids=[i for i, _ in docs], metadatas=[{"bucket": j % 3} for j in range(len(docs))])
     qenc = enc.encode_queries([t for _, t in queries])
