@@ -37,7 +37,8 @@ FORMAT_NAME = "m3-rag.HybridStore"
 _INDEX_CLASSES = {"dense": DenseIndex, "sparse": SparseIndex, "colbert": ColbertIndex}
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 4 MB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -83,7 +84,7 @@ class _Writer:
                 f.flush()
                 os.fsync(f.fileno())
             shape_l, dtype = list(a.shape), a.dtype.str
-        self.files[name] = {"sha256": _sha256_file(target), "bytes": target.stat().st_size, "shape": shape_l, "dtype": dtype}
+        self.files[name] = {"sha256": sha256_file(target), "bytes": target.stat().st_size, "shape": shape_l, "dtype": dtype}
 
     def json(self, name: str, obj: Any) -> None:
         target = self.folder / name
@@ -169,7 +170,7 @@ def _loader(path: Path, files: dict[str, dict[str, Any]]) -> Any:
         size = fp.stat().st_size
         if size != meta["bytes"]:
             raise ValueError(f"{fp} has {size} bytes, expected {meta['bytes']}: the file is truncated or was modified")
-        if _sha256_file(fp) != meta["sha256"]:
+        if sha256_file(fp) != meta["sha256"]:
             raise ValueError(f"{fp} fails its checksum: the file is corrupt or was modified")
         return fp
 

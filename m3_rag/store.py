@@ -32,6 +32,7 @@ from .index.sparse import SparseIndex
 from .search import Candidates, SearchBackend, SearchOptions, parse_options, run
 from .search.options import OPTION_NAMES
 from .types import MODES, Hit, M3Output, Record
+from .search.api import EncodedSearchMixin
 from .validation import check_ids, check_modes, check_query, check_rows, check_texts  # noqa: F401 (re-exported)
 
 __all__ = ["HybridStore", "DENSE_INDEXES", "COLBERT_DTYPES", "FORMAT_VERSION", "DEFAULT_WEIGHTS", "FUSIONS"]
@@ -167,7 +168,7 @@ class _MemoryBackend(SearchBackend):
         return [index.matched(q_sparse, int(x)) for x in cands.keys.tolist()]
 
 
-class HybridStore:
+class HybridStore(EncodedSearchMixin):
     """An in-memory index holding any subset of BGE-M3's dense, sparse and ColBERT outputs.
 
     Args:
@@ -534,19 +535,6 @@ class HybridStore:
         )
         return self._search(encoded, opts)
 
-    def search_encoded(self, query: M3Output, **kwargs: Any) -> list[Hit]:
-        """:meth:`search` with a precomputed query: an :class:`M3Output` holding exactly one row."""
-        if not isinstance(query, M3Output):
-            raise TypeError(f"query must be an M3Output; got {type(query).__name__}")
-        if len(query) != 1:
-            raise ValueError(f"search_encoded needs an M3Output with exactly one row; got {len(query)} (use search_encoded_batch)")
-        return self.search_encoded_batch(query, **kwargs)[0]
-
-    def search_encoded_batch(self, queries: M3Output, **kwargs: Any) -> list[list[Hit]]:
-        """:meth:`search_encoded` for every row of ``queries``; one result list per row."""
-        if not isinstance(queries, M3Output):
-            raise TypeError(f"queries must be an M3Output; got {type(queries).__name__}")
-        return self._search(queries, self._options(kwargs))
 
     _OPTION_NAMES = OPTION_NAMES
 

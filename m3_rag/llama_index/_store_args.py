@@ -6,7 +6,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 from llama_index.core.vector_stores.types import MetadataFilters
 
-from ..types import MODES
 from .filters import to_metadata_predicate
 
 
@@ -18,16 +17,14 @@ def check_top_k(value: Any, name: str) -> int:
 
 
 def check_modes(modes: str | Sequence[str], name: str = "modes") -> tuple[str, ...]:
-    """Normalise ``modes`` (a mode name or a sequence of them) to a tuple, validating each name."""
-    items = (modes,) if isinstance(modes, str) else tuple(modes)
-    if not items:
-        raise ValueError(f"{name} must name at least one of {MODES}; got an empty sequence")
-    for m in items:
-        if m not in MODES:
-            raise ValueError(f"{name}: unknown mode {m!r}; choose from {MODES}")
-    if len(set(items)) != len(items):
-        raise ValueError(f"{name} lists a mode twice: {items}")
-    return items
+    """Normalise ``modes`` (a mode name or a sequence of them) to a tuple: the stores' own check
+    (:func:`m3_rag.validation.check_modes`), its message prefixed with the argument's name."""
+    from ..validation import check_modes as _check
+
+    try:
+        return _check(modes)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name}: {exc}") from exc
 
 
 def store_filter(

@@ -50,6 +50,7 @@ import numpy as np
 
 from ..validation import check_rows
 from ..types import MODES, Hit, M3Output, Record
+from ..search.api import EncodedSearchMixin
 
 if TYPE_CHECKING:  # pragma: no cover
     from qdrant_client import QdrantClient
@@ -104,7 +105,7 @@ def point_id(doc_id: str) -> str:
 from .filters import to_qdrant_filter  # noqa: E402
 
 
-class QdrantHybridStore:
+class QdrantHybridStore(EncodedSearchMixin):
     """The ``HybridStore`` API over a Qdrant collection holding dense, sparse and ColBERT vectors.
 
     Args:
@@ -742,23 +743,10 @@ class QdrantHybridStore:
         )
         return self._search(encoded, opts)
 
-    def search_encoded(self, query: M3Output, **kwargs: Any) -> list[Hit]:
-        """Search with an encoded query (one row); same semantics and options as ``HybridStore.search_encoded``
-        (``k``, ``modes``, ``weights``, ``fusion``, ``candidates``, ``filter``, ``ids``, ``explain``), plus
-        ``server_fusion``: run RRF/DBSF on the server (approximate; see the module docstring; ``None`` uses the
-        constructor default). Dict filters become Qdrant payload filters applied before top-k."""
-        if not isinstance(query, M3Output):
-            raise TypeError(f"query must be an M3Output; got {type(query).__name__}")
-        if len(query) != 1:
-            raise ValueError(f"search_encoded needs an M3Output with exactly one row; got {len(query)} (use search_encoded_batch)")
-        return self.search_encoded_batch(query, **kwargs)[0]
 
-    def search_encoded_batch(self, queries: M3Output, **kwargs: Any) -> list[list[Hit]]:
-        """:meth:`search_encoded` for every row of ``queries``."""
-        if not isinstance(queries, M3Output):
-            raise TypeError(f"queries must be an M3Output; got {type(queries).__name__}")
-        return self._search(queries, self._options(kwargs))
-
+    # search_encoded / search_encoded_batch come from EncodedSearchMixin. Options are HybridStore's, plus
+    # ``server_fusion``: run RRF/DBSF on the server (approximate, see the module docstring; ``None`` uses the
+    # constructor default). Dict filters become Qdrant payload filters applied before top-k.
     def _options(self, kwargs: Mapping[str, Any]) -> Any:
         from ..search import parse_options
 
