@@ -1,6 +1,7 @@
 """QdrantHybridStore: the :class:`~m3_rag.HybridStore` contract over one Qdrant collection.
 
-A small package: :mod:`.store` (the collection schema and checks, CRUD, the public class), :mod:`.filters`
+A small package: :mod:`.schema` (payload keys, point ids, creating and validating the collection),
+:mod:`.crud` (upserts, reads, deletes), :mod:`.store` (the public class: construction, migration, search), :mod:`.filters`
 (metadata filter dicts to Qdrant payload filters) and :mod:`.backend` (candidates and exact scores for the
 shared search pipeline, :mod:`m3_rag.search`).
 """

@@ -15,16 +15,13 @@ import numpy as np
 from ..search import Candidates, SearchBackend, SearchOptions
 from ..search.pipeline import exact_top
 from ..types import Hit, M3Output
+from .schema import PAYLOAD_ID, PAYLOAD_META, PAYLOAD_SEQ, PAYLOAD_TEXT
 
 if TYPE_CHECKING:  # pragma: no cover
     from .store import QdrantHybridStore
 
 __all__ = ["QdrantBackend"]
 
-PAYLOAD_ID = "m3_id"
-PAYLOAD_SEQ = "m3_seq"
-PAYLOAD_TEXT = "text"
-PAYLOAD_META = "metadata"
 
 
 class _Restriction:

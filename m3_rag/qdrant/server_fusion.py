@@ -14,7 +14,7 @@ import numpy as np
 
 from ..fusion import RRF_K
 from ..types import Hit, M3Output
-from .backend import PAYLOAD_SEQ
+from .schema import PAYLOAD_SEQ
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..search import SearchOptions
