@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from m3_rag import HybridStore, M3Output  # noqa: E402
-from m3_rag.scoring import maxsim_packed  # noqa: E402
+from m3_rag.index.colbert import ColbertIndex  # noqa: E402
 
 DIM = 1024
 VOCAB = 250_002
@@ -116,6 +116,24 @@ def build_store(synth: Synth, n: int, *, colbert_tokens: int = 0, chunk: int = 2
     return store, add_s, np.concatenate(sample)
 
 
+def dense_rows(store: HybridStore) -> np.ndarray:
+    """The store's dense vectors in insertion order, through the public export (a copy)."""
+    return store.export()[1].dense
+
+
+def csr_from_dicts(rows: list[dict[int, float]], vocab: int = VOCAB) -> Any:
+    """(n, vocab) CSR matrix of sparse weight dicts: the baseline's document-term matrix."""
+    import scipy.sparse as sp
+
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    indptr[1:] = np.cumsum([len(r) for r in rows])
+    cols = np.fromiter((t for r in rows for t in r), dtype=np.int64, count=int(indptr[-1]))
+    vals = np.fromiter((w for r in rows for w in r.values()), dtype=np.float32, count=int(indptr[-1]))
+    m = sp.csr_matrix((vals, cols, indptr), shape=(len(rows), vocab))
+    m.sum_duplicates()
+    return m
+
+
 # ----------------------------------------------------------------------------------------- timing
 def timeit(fn: Callable[[int], Any], n: int, warmup: int = 2) -> np.ndarray:
     for i in range(warmup):
@@ -153,7 +171,7 @@ def bench_dense(n: int, nq: int) -> dict[str, Any]:
     synth = Synth(1)
     store, _, sample = build_store(synth, n, chunk=50_000)
     raw = faiss.IndexFlatIP(DIM)
-    raw.add(store._dense_view())
+    raw.add(dense_rows(store))
     qs = synth.queries(nq, sample)
     Q = qs.dense
     ql = list(qs)
@@ -178,7 +196,7 @@ def bench_dense(n: int, nq: int) -> dict[str, Any]:
 def bench_hnsw(n: int, nq: int, ef_values: list[int]) -> dict[str, Any]:
     synth = Synth(2)
     exact, _, sample = build_store(synth, n, chunk=50_000)
-    vecs = exact._dense_view().copy()
+    vecs = dense_rows(exact)
     t0 = time.perf_counter()
     hnsw = HybridStore(dense_index="hnsw", hnsw_m=32)
     hnsw.add_encoded(M3Output(dense=vecs), ids=[str(i) for i in range(n)])
@@ -205,17 +223,14 @@ def bench_hnsw(n: int, nq: int, ef_values: list[int]) -> dict[str, Any]:
 def bench_sparse(n: int, nq: int) -> dict[str, Any]:
     import scipy.sparse as sp
 
-    from m3_rag.store import _sparse_matrix
-
     synth = Synth(3)
     store = HybridStore()
     docs = synth.sparse(n, DOC_TERMS)
     t0 = time.perf_counter()
     store.add_encoded(M3Output(sparse=docs), ids=[str(i) for i in range(n)])
     add_s = time.perf_counter() - t0
-    D = _sparse_matrix(docs)  # (n, V) CSR
+    D = csr_from_dicts(docs)  # (n, V) CSR
     del docs
-    D.resize((n, VOCAB))
     DT = D.T.tocsr()  # the baseline's prepared inverted index (V, n)
     qs = synth.sparse(nq, QUERY_TERMS)
     ql = [M3Output(sparse=[q]) for q in qs]
@@ -253,17 +268,16 @@ def bench_hybrid(n: int, nq: int, colbert_tokens: int, colbert_dtype: str) -> di
     synth = Synth(4)
     store, add_s, sample = build_store(synth, n, colbert_tokens=colbert_tokens, colbert_dtype=colbert_dtype)
     qs = synth.queries(nq, sample, colbert_tokens=32)
+    # the raw components over one copy of the same data: FAISS flat, a prepared (V, n) CSR, one ColbertIndex
+    _, exported, _, _ = store.export()
     raw = faiss.IndexFlatIP(DIM)
-    raw.add(store._dense_view())
-    seg = store._segments
-    assert len(seg) >= 1
-    # raw components over one packed copy of the same data (the store may hold a few segments)
-    csc = [s.sparse for s in seg]
-    DT = [c.T.tocsr() for c in csc]
-    starts = [s.start for s in seg]
-    tokens = [s.tokens for s in seg]
-    offsets = [s.offsets for s in seg]
-    scales = [s.scale for s in seg]
+    raw.add(exported.dense)
+    raw_vectors = exported.dense
+    DT = csr_from_dicts(exported.sparse).T.tocsr()
+    col = ColbertIndex(DIM, colbert_dtype)
+    col.append(col.prepare(exported.colbert))
+    del exported
+    gc.collect()
     import scipy.sparse as sp
 
     Qs = [sp.csr_matrix((list(q.values()), ([0] * len(q), list(q.keys()))), shape=(1, VOCAB)) for q in qs.sparse]
@@ -271,23 +285,15 @@ def bench_hybrid(n: int, nq: int, colbert_tokens: int, colbert_dtype: str) -> di
     def raw_search(i: int) -> list[int]:
         i %= nq
         _, I = raw.search(qs.dense[i : i + 1], 100)
-        s = np.zeros(n)
-        for st, m in zip(starts, DT):
-            qq = Qs[i][:, : m.shape[0]]
-            s[st : st + m.shape[1]] = (qq @ m).toarray().ravel()
+        s = (Qs[i] @ DT).toarray().ravel().astype(np.float64)
         top_s = np.argpartition(-s, 99)[:100]
         cand = np.union1d(I[0], top_s)
         d = raw_vectors[cand] @ qs.dense[i]
-        c = np.empty(len(cand), np.float32)
-        g = np.searchsorted(starts, cand, side="right") - 1
-        for j in np.unique(g):
-            w = g == j
-            c[w] = maxsim_packed(qs.colbert[i], tokens[j], offsets[j], cand[w] - starts[j], scale=scales[j])
+        c = col.score([qs.colbert[i]], [cand])[0]
         f = fuse_weighted({"dense": d, "sparse": s[cand], "colbert": c})
         top = np.argsort(-f, kind="stable")[:10]
         return cand[top].tolist()
 
-    raw_vectors = store._dense_view()
     ql = list(qs)
     t = paired({"store": lambda i: store.search_encoded(ql[i % nq], k=10), "raw": raw_search}, nq)
     same = all([h.id for h in store.search_encoded(qs[i], k=10)] == [str(j) for j in raw_search(i)] for i in range(min(nq, 5)))
@@ -320,9 +326,10 @@ def bench_colbert(n: int, nq: int, tokens: int) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     cands = [np.sort(rng.choice(n, 100, replace=False)) for _ in range(nq)]
     for dt, s in stores.items():
-        seg = s._segments[0]
-        bytes_per_token = (s.memory_bytes()["colbert"] - seg.offsets.nbytes) / n_tokens
-        t = timeit(lambda i: maxsim_packed(qs.colbert[i % nq], seg.tokens, seg.offsets, cands[i % nq], scale=seg.scale), nq)
+        idx = ColbertIndex(DIM, dt)  # the store's ColBERT component alone, for the MaxSim timing
+        idx.append(idx.prepare(s.export()[1].colbert))
+        bytes_per_token = (s.memory_bytes()["colbert"] - 8 * (n + 1)) / n_tokens  # minus the int64 offsets
+        t = timeit(lambda i: idx.score([qs.colbert[i % nq]], [cands[i % nq]]), nq)
         hits = s.search_encoded_batch(qs, k=10)
         col_err, fused_err, overlap = [], [], []
         for a, b in zip(ref, hits):

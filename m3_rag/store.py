@@ -94,6 +94,7 @@ class _MemoryBackend(SearchBackend):
     """The in-memory store's candidates and exact scores (slots are keys and insertion sequence numbers)."""
 
     tie_margin = 1
+    tie_rule_modes = ("sparse", "colbert")  # topk_stable: score descending, then slot (= insertion) order
 
     def __init__(self, store: "HybridStore") -> None:
         self.s = store
@@ -131,8 +132,9 @@ class _MemoryBackend(SearchBackend):
             full = index.full_scores(Q.sparse)
             for i in range(len(Q)):
                 row = full[i]
-                scores = row.copy()
+                scores = row
                 if allowed is not None:
+                    scores = row.copy()
                     scores[~allowed] = -np.inf
                 from .index import topk_stable
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from typing import Any, Collection, Mapping, Sequence
 
@@ -115,6 +116,21 @@ def check_queries(queries: Any) -> list[str]:
     return check_texts(queries, "queries")
 
 
+_INT_TYPES = (int, np.integer)
+_FLOAT_TYPES = (float, int, np.floating, np.integer)
+
+
+def _plain_sparse_row(row: Any) -> bool:
+    """Fast path: a dict of non-negative int token ids below 2**31 - 1 to finite numbers (no numpy round-trip)."""
+    if not isinstance(row, dict):
+        return False
+    for t, w in row.items():
+        if (not isinstance(t, _INT_TYPES) or isinstance(t, bool) or not 0 <= t < 2**31 - 1
+                or not isinstance(w, _FLOAT_TYPES) or isinstance(w, bool) or not math.isfinite(w)):
+            return False
+    return True
+
+
 def check_query(q: M3Output, need: Sequence[str], dims: Mapping[str, int | None]) -> None:
     """The query rows hold every mode in ``need`` with the store's dimensions and finite values."""
     for mode in need:
@@ -134,6 +150,7 @@ def check_query(q: M3Output, need: Sequence[str], dims: Mapping[str, int | None]
             if not np.all(np.isfinite(m)):
                 raise ValueError(f"query {i}'s ColBERT vectors contain NaN or infinity")
     if "sparse" in need:
-        from .index.sparse import sparse_matrix
+        if not all(_plain_sparse_row(r) for r in q.sparse):  # type: ignore[union-attr]
+            from .index.sparse import sparse_arrays
 
-        sparse_matrix(q.sparse, "query.sparse", np.float64)  # type: ignore[arg-type]
+            sparse_arrays(q.sparse, "query.sparse", np.float64)  # type: ignore[arg-type]  # the precise error  # type: ignore[arg-type]

@@ -11,12 +11,12 @@ import scipy.sparse as sp
 from ._segments import Segments, ranges
 from .base import ModeIndex
 
-__all__ = ["SparseIndex", "sparse_matrix"]
+__all__ = ["SparseIndex", "sparse_arrays", "sparse_matrix"]
 
 
-def sparse_matrix(rows: Sequence[Mapping[int, float]], what: str = "sparse", dtype: Any = np.float32,
-                  vocab_size: int | None = None) -> sp.csr_matrix:
-    """Stack sparse weight dicts into a CSR matrix ``(len(rows), max_token_id + 1)``; validates ids and weights."""
+def sparse_arrays(rows: Sequence[Mapping[int, float]], what: str = "sparse", dtype: Any = np.float32,
+                  vocab_size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate sparse weight dicts and flatten them: ``(indptr, token ids int64, weights)`` (CSR parts)."""
     n = len(rows)
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=n)
     total = int(lengths.sum())
@@ -37,11 +37,17 @@ def sparse_matrix(rows: Sequence[Mapping[int, float]], what: str = "sparse", dty
             raise ValueError(f"{what}: weights must be finite numbers")
         if dtype == np.float32 and np.any(np.abs(vals) > np.finfo(np.float32).max):
             raise ValueError(f"{what}: weights exceed float32's range")
-    keys = keys_f.astype(np.int64)
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=indptr[1:])
-    vocab = int(keys.max()) + 1 if total else 1
-    return sp.csr_matrix((vals.astype(dtype), keys.astype(np.int32), indptr), shape=(n, vocab))
+    return indptr, keys_f.astype(np.int64), vals.astype(dtype)
+
+
+def sparse_matrix(rows: Sequence[Mapping[int, float]], what: str = "sparse", dtype: Any = np.float32,
+                  vocab_size: int | None = None) -> sp.csr_matrix:
+    """Stack sparse weight dicts into a CSR matrix ``(len(rows), max_token_id + 1)``; validates ids and weights."""
+    indptr, keys, vals = sparse_arrays(rows, what, dtype, vocab_size)
+    vocab = int(keys.max()) + 1 if len(keys) else 1
+    return sp.csr_matrix((vals, keys.astype(np.int32), indptr), shape=(len(rows), vocab))
 
 
 def _concat(parts: list[sp.csc_matrix], keep: list[np.ndarray] | None) -> sp.csc_matrix:

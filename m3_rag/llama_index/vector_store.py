@@ -435,8 +435,9 @@ class M3VectorStore(BasePydanticVectorStore):
     ) -> list[Any]:
         """HYBRID with LlamaIndex pool sizes: fuse over the union of per-mode top lists.
 
-        The query is encoded once; each first-stage mode gives its top ``depths[mode]``; the final search is
-        restricted to their union with every member a candidate, so the store scores and fuses exactly that set.
+        The query is encoded once; the store's pipeline takes the per-mode depths (``candidates={mode: depth}``):
+        each first stage gives its top ``depths[mode]`` (sparse: only documents sharing a term), and the union is
+        scored in every searched mode and fused, in one store call.
         """
         modes = settings["modes"]
         encoder = self._store.encoder
@@ -450,16 +451,9 @@ class M3VectorStore(BasePydanticVectorStore):
         )
         if handover:
             shared_for(encoder).put_query(query_str, encoded.colbert[0])  # type: ignore[index]
-        pool: dict[str, None] = {}
-        for mode in modes:
-            if mode in depths:
-                for hit in self._store.search_encoded(encoded, k=depths[mode], modes=(mode,), filter=search_filter, ids=ids):
-                    pool.setdefault(hit.id, None)
-        if not pool:
-            return []
-        return self._store.search_encoded(
-            encoded, filter=search_filter, ids=list(pool), candidates=len(pool), **settings
-        )
+        # one pipeline call: each first stage keeps its own depth, and the union is scored and fused exactly
+        pools = {m: d for m, d in depths.items() if m in modes}
+        return self._store.search_encoded(encoded, filter=search_filter, ids=ids, candidates=pools, **settings)
 
     # ------------------------------------------------------------------ async: the sync code in a worker thread
     async def async_add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> List[str]:

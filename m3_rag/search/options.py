@@ -79,7 +79,7 @@ def parse_options(
     **rest: Any,
 ) -> SearchOptions:
     """Validate the keyword arguments of ``search*`` for a store holding ``held`` modes (``None``: empty store)."""
-    unknown = sorted(set(rest) - set(extra_names))
+    unknown = sorted(set(rest) - set(extra_names)) if rest else None
     if unknown:
         raise TypeError(f"unknown search option(s) {unknown}; valid: {', '.join(OPTION_NAMES + tuple(extra_names))}")
     k = check_k(k)

@@ -58,6 +58,9 @@ class SearchBackend(ABC):
 
     #: Extra results fetched past a cut so that ties there are broken by the tie rule, not by the engine.
     tie_margin: int = 1
+    #: Modes whose ``first_stage`` already cuts and orders by the tie rule itself (score descending, then
+    #: insertion order), so the pipeline neither re-fetches past the cut nor re-sorts.
+    tie_rule_modes: tuple[str, ...] = ()
     encoder: Any = None
 
     @abstractmethod
@@ -108,6 +111,8 @@ def union(parts: Sequence[Candidates]) -> Candidates:
 
 def exact_top(backend: SearchBackend, mode: str, Q: M3Output, depth: int, restriction: Any, pad: bool) -> list[Candidates]:
     """Per query, the top ``depth`` by the tie rule, asking the backend past the cut as long as the cut ties."""
+    if mode in backend.tie_rule_modes:
+        return backend.first_stage(mode, Q, depth, restriction, pad)
     ask = depth + backend.tie_margin
     out = []
     for i, c in enumerate(backend.first_stage(mode, Q, ask, restriction, pad)):
@@ -173,7 +178,8 @@ def run(backend: SearchBackend, Q: M3Output, opts: SearchOptions) -> list[list[H
         return [[] for _ in range(nq)]
     k = min(opts.k, n_allowed)
     opts_k = opts
-    if not opts.explicit_depths:  # depths never exceed the searchable documents
+    if not opts.explicit_depths and any(d > n_allowed for d in opts.depths.values()):
+        # depths never exceed the searchable documents
         opts_k = _replace_depths(opts, {m: min(d, n_allowed) for m, d in opts.depths.items()})
     step = _single if len(opts.modes) == 1 else _hybrid
     results: list[list[Hit]] = []
