@@ -470,3 +470,32 @@ def test_close_honours_client_ownership(tmp_path):
     again = QdrantHybridStore(path, "own")
     assert again.ids() == ["a", "b", "c"]
     again.close()
+
+
+# ------------------------------------------------------------------------------------------------ exact ties
+def test_exact_ties_same_order_as_hybridstore_at_every_cut(tiny_encoder):
+    """25 documents with one text (identical rows, so every mode ties exactly) among 15 others, one of them
+    re-upserted so that it moves last: at every k, and past the backend's fetch margin (16), both stores return
+    the same ids in the same order, and tied documents come in insertion order."""
+    unique = ["heat transfer in a laminar boundary layer"] + [f"other passage {i} on pressure and flow" for i in range(15)]
+    enc = tiny_encoder.encode_documents(unique, show_progress_bar=False)
+    rows = [0 if i % 3 != 2 else 1 + i // 3 for i in range(40)]  # 0 = the duplicated text
+    rows = [r if r < len(unique) else 0 for r in rows]
+    docs = M3Output(dense=enc.dense[rows], sparse=[dict(enc.sparse[r]) for r in rows], colbert=[enc.colbert[r].copy() for r in rows])
+    ids = [f"d{i:02d}" for i in range(40)]
+    dup_ids = [ids[i] for i, r in enumerate(rows) if r == 0]
+    assert len(dup_ids) >= 25
+    hybrid = HybridStore(tiny_encoder, show_progress=False)
+    qdrant = QdrantHybridStore(":memory:", "ties", tiny_encoder, show_progress=False, batch_size=16)
+    for store in (hybrid, qdrant):
+        store.add_encoded(docs, ids=ids, texts=[unique[r] for r in rows])
+        store.add_encoded(docs[0:1], ids=[ids[0]], texts=[unique[0]])  # d00 moves last
+    order = dup_ids[1:] + [dup_ids[0]]  # insertion order of the tied documents after the upsert
+    for modes, fusion in COMBOS:
+        for k in (1, 2, 3, 7, 24, 30):
+            a = hybrid.search(unique[0], k=k, modes=modes, fusion=fusion)
+            b = qdrant.search(unique[0], k=k, modes=modes, fusion=fusion)
+            assert [h.id for h in b] == [h.id for h in a], (modes, fusion, k)
+            tied = [h.id for h in a if h.id in dup_ids]
+            assert tied == order[: len(tied)], (modes, fusion, k)
+            assert len(tied) == min(k, len(order)), (modes, fusion, k)
