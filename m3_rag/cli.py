@@ -341,7 +341,8 @@ def _cmd_index(args: argparse.Namespace) -> int:
     if not texts:
         raise CLIError(f"{args.input}: the documents hold no text; nothing to index" + _skip_summary(skipped))
     encoder = load_model(args.model, device=args.device, **_fast_args(args))
-    store = HybridStore(encoder, show_progress=False)
+    store = HybridStore(encoder, show_progress=False, colbert_storage=args.colbert_storage,
+                        colbert_pool_factor=args.colbert_pool_factor)
     _err(f"indexing {len(texts)} chunks from {len(docs)} documents with {encoder.name} ({', '.join(encoder.available_modes)})")
     step = max(args.batch_size * 8, 64)
     with tqdm(total=len(texts), desc="index", unit="chunk", file=sys.stderr) as bar:
@@ -498,6 +499,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         show_progress=not args.quiet,
         model_name=args.model or DEFAULT_MODEL,
+        colbert_storage=args.colbert_storage,
+        colbert_pool_factor=args.colbert_pool_factor,
         ignore_identical_ids=not args.keep_identical_ids,
     )
     if args.json:
@@ -621,6 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="skip",
         help="a file that cannot be decoded: skip it with a warning, or stop (default %(default)s)",
     )
+    _add_colbert_storage(p)
     _add_common(p)
     _add_fast(p)
     p.set_defaults(handler=_cmd_index)
@@ -664,6 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not read or write the encoded-corpus cache")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help='print {"dataset", "model", "results": [...]} as JSON on stdout')
+    _add_colbert_storage(p)
     _add_common(p)
     _add_fast(p)
     p.set_defaults(handler=_cmd_eval)
@@ -675,6 +680,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     _register_train(sub)
     return parser
+
+
+def _add_colbert_storage(p: argparse.ArgumentParser) -> None:
+    """``--colbert-storage`` and ``--colbert-pool-factor``: the store's ColBERT options (index and eval)."""
+    from .index.codecs import CODECS
+
+    p.add_argument("--colbert-storage", choices=tuple(CODECS), default="fp16",
+                   help="ColBERT storage codec (default %(default)s; see docs/colbert_storage.md)")
+    p.add_argument("--colbert-pool-factor", type=_positive_int, default=1, metavar="N",
+                   help="store each document's ColBERT tokens as about n/N cluster means (default 1: no pooling)")
 
 
 def _register_train(sub: Any) -> None:

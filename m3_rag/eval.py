@@ -473,8 +473,13 @@ def encode_corpus(
     batch_size: int = 32,
     max_length: int | None = None,
     show_progress: bool = True,
+    colbert_storage: str = "fp16",
+    colbert_pool_factor: int = 1,
 ) -> tuple["HybridStore", bool]:
     """A :class:`HybridStore` holding the corpus encoded in ``modes``, from the disk cache when possible.
+
+    ``colbert_storage`` and ``colbert_pool_factor`` are the store's ColBERT options; a setting other than the
+    defaults (fp16, no pooling) is part of the cache key, so each setting is encoded and cached apart.
 
     The cache folder is ``<cache_dir>/<dataset>-<key>-<modes>``, where ``key`` hashes the encoder
     fingerprint, the corpus fingerprint and ``max_length``; any cached entry holding a superset of
@@ -495,6 +500,8 @@ def encode_corpus(
     path_name = getattr(encoder, "numeric_path", "fp32")
     if path_name not in ("fp32", "fp16"):  # int8 / ONNX encodings are cached apart (fp32 keys unchanged)
         settings += f":{path_name}"
+    if "colbert" in modes and (colbert_storage, colbert_pool_factor) != ("fp16", 1):  # default keys unchanged
+        settings += f":colbert={colbert_storage}/pool{colbert_pool_factor}"
     key = hashlib.sha256(settings.encode()).hexdigest()[:16]
     prefix = f"{dataset.name}-{key}-"
     root = Path(cache_dir).expanduser() if cache_dir is not None else None
@@ -509,7 +516,7 @@ def encode_corpus(
 
     ids = list(dataset.corpus)
     kwargs: dict[str, Any] = {} if max_length is None else {"max_length": max_length}
-    store = HybridStore(encoder, show_progress=False)
+    store = HybridStore(encoder, show_progress=False, colbert_storage=colbert_storage, colbert_pool_factor=colbert_pool_factor)
     with tqdm(total=len(ids), desc=f"encode {dataset.name}", unit="doc", disable=not show_progress) as bar:
         # slices bound the float32 ColBERT vectors held before the store packs them
         for start in range(0, len(ids), ENCODE_SLICE):
@@ -751,6 +758,8 @@ def evaluate(
     show_progress: bool = True,
     model_name: str | None = None,
     ignore_identical_ids: bool = True,
+    colbert_storage: str = "fp16",
+    colbert_pool_factor: int = 1,
 ) -> EvalReport:
     """Evaluate a grid of modes and fusions (plus BM25) on one BEIR collection in one pass.
 
@@ -772,6 +781,8 @@ def evaluate(
             (BEIR's convention). On collections whose query and document ids are both plain numbers
             (Cranfield, CISI, MED...) that document is an unrelated one that happens to share the number;
             ``False`` keeps it.
+        colbert_storage: the store's ColBERT codec (``fp32``, ``fp16``, ``int8``, ``binary``, ``pq``).
+        colbert_pool_factor: index-time ColBERT token pooling (``1``: none); see :mod:`m3_rag.index.pooling`.
 
     Returns:
         An :class:`EvalReport`; rows are in grid order, BM25 last.
@@ -789,7 +800,8 @@ def evaluate(
     needed = tuple(m for m in MODES if any(m in s for s in sets))
     t0 = time.perf_counter()
     store, cached = encode_corpus(
-        ds, encoder, needed, cache_dir=cache_dir, batch_size=batch_size, show_progress=show_progress
+        ds, encoder, needed, cache_dir=cache_dir, batch_size=batch_size, show_progress=show_progress,
+        colbert_storage=colbert_storage, colbert_pool_factor=colbert_pool_factor,
     )
     qids = list(ds.queries)
     q_enc = encoder.encode_queries(

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
@@ -107,6 +107,13 @@ def _check_target(path: Path) -> None:
             )
 
 
+def _pool_factor(path: Any, header: Mapping[str, Any]) -> int:
+    pf = header.get("colbert_pool_factor", 1)  # absent in folders written before pooling existed
+    if isinstance(pf, bool) or not isinstance(pf, int) or pf < 1:
+        raise ValueError(f"{path}/store.json: colbert_pool_factor must be an int >= 1; got {pf!r}")
+    return pf
+
+
 def _write(store: "HybridStore", folder: Path) -> None:
     w = _Writer(folder)
     header: dict[str, Any] = {
@@ -115,6 +122,7 @@ def _write(store: "HybridStore", folder: Path) -> None:
         "colbert_dim": store.colbert_dim, "colbert_dtype": store.colbert_dtype, "dense_index": store.dense_index,
         "hnsw_m": store.hnsw_m, "hnsw_ef_search": store.hnsw_ef_search,
         "hnsw_ef_construction": store.hnsw_ef_construction, "sparse_nnz": 0, "colbert_tokens": 0,
+        "colbert_pool_factor": store.colbert_pool_factor,
     }
     for mode, index in store._indexes.items():
         meta, arrays = index.to_arrays()
@@ -257,7 +265,7 @@ def _from_header(cls: type, path: Path, header: dict[str, Any], encoder: Any | N
     store = cls(
         encoder, dense_index=header["dense_index"], hnsw_m=header["hnsw_m"], hnsw_ef_search=header["hnsw_ef_search"],
         hnsw_ef_construction=header.get("hnsw_ef_construction", 80), colbert_dtype=header["colbert_dtype"],
-        show_progress=show_progress,
+        show_progress=show_progress, colbert_pool_factor=_pool_factor(path, header),
     )
     store._saved_fingerprint = saved_fp
     load = _loader(path, files)

@@ -28,6 +28,7 @@ from .index import ModeIndex
 from .index.codecs import CODECS
 from .index.colbert import ColbertIndex
 from .index.dense import DENSE_INDEXES, DenseIndex
+from .index.pooling import check_pool_factor
 from .index.sparse import SparseIndex
 from .search import Candidates, SearchBackend, SearchOptions, parse_options, run
 from .search.options import OPTION_NAMES
@@ -183,8 +184,13 @@ class HybridStore(EncodedSearchMixin):
         hnsw_m: HNSW graph degree (memory ~ ``2 * hnsw_m * 4`` bytes/doc on top of the vectors).
         hnsw_ef_search: HNSW search beam width (raised to the number of results wanted).
         hnsw_ef_construction: HNSW build beam width.
-        colbert_dtype: ColBERT storage codec: ``"fp16"`` (default, 2 bytes/value), ``"fp32"`` or
-            ``"int8"`` (1 byte/value + a float32 scale per token); see :data:`COLBERT_DTYPES`.
+        colbert_dtype: ColBERT storage codec: ``"fp16"`` (default, 2 bytes/value), ``"fp32"``, ``"int8"``
+            (1 byte/value + a float32 scale per token), ``"binary"`` (1 bit/value + a scale per token) or ``"pq"``
+            (FAISS product quantisation trained on the first add); see :data:`COLBERT_DTYPES` and
+            ``docs/colbert_storage.md``.
+        colbert_storage: the same option under a more general name (give one of the two).
+        colbert_pool_factor: store each document's ColBERT tokens as at most ``ceil(n / factor)`` Ward-cluster
+            means (:mod:`m3_rag.index.pooling`); ``1`` (default) keeps every token. Queries are never pooled.
         show_progress: show the encoder's progress bar for large ``add`` calls.
 
     The modes the store holds are fixed by the first add (a subset of :data:`m3_rag.MODES`).
@@ -203,7 +209,15 @@ class HybridStore(EncodedSearchMixin):
         hnsw_ef_construction: int = 80,
         colbert_dtype: str = "fp16",
         show_progress: bool = True,
+        colbert_storage: str | None = None,
+        colbert_pool_factor: int = 1,
     ) -> None:
+        if colbert_storage is not None:
+            if colbert_dtype not in ("fp16", colbert_storage):
+                raise ValueError(
+                    f"give colbert_storage or colbert_dtype, not both (got {colbert_storage!r} and {colbert_dtype!r})"
+                )
+            colbert_dtype = colbert_storage
         if dense_index not in DENSE_INDEXES:
             raise ValueError(f"dense_index must be one of {', '.join(DENSE_INDEXES)}; got {dense_index!r}")
         if colbert_dtype not in COLBERT_DTYPES:
@@ -219,6 +233,7 @@ class HybridStore(EncodedSearchMixin):
         self.hnsw_ef_search = hnsw_ef_search
         self.hnsw_ef_construction = hnsw_ef_construction
         self.colbert_dtype = colbert_dtype
+        self.colbert_pool_factor = check_pool_factor(colbert_pool_factor)
         self.show_progress = bool(show_progress)
         self._saved_fingerprint: str | None = None
         self._lock = _RWLock()
@@ -276,7 +291,8 @@ class HybridStore(EncodedSearchMixin):
     def __repr__(self) -> str:
         return (
             f"HybridStore(docs={len(self)}, modes={self.modes}, dense_index={self.dense_index!r}, "
-            f"colbert_dtype={self.colbert_dtype!r})"
+            f"colbert_dtype={self.colbert_dtype!r}"
+            + (f", colbert_pool_factor={self.colbert_pool_factor}" if self.colbert_pool_factor != 1 else "") + ")"
         )
 
     def ids(self) -> list[str]:
@@ -344,6 +360,20 @@ class HybridStore(EncodedSearchMixin):
             return []
         return self._add_checked(encoded, ids_list, texts if texts is not None else [None] * n, metas)
 
+    def _add_exported(self, encoded: M3Output, **kwargs: Any) -> list[str]:
+        """``add_encoded`` for rows exported from a store that already pooled its ColBERT tokens with this store's
+        ``colbert_pool_factor`` (migration): they are stored as they are, never pooled twice."""
+        pf = self.colbert_pool_factor
+        self.colbert_pool_factor = 1
+        if "colbert" in self._indexes:
+            self._indexes["colbert"].pool_factor = 1  # type: ignore[attr-defined]
+        try:
+            return self.add_encoded(encoded, **kwargs)
+        finally:
+            self.colbert_pool_factor = pf
+            if "colbert" in self._indexes:
+                self._indexes["colbert"].pool_factor = pf  # type: ignore[attr-defined]
+
     def _new_index(self, mode: str, encoded: M3Output) -> ModeIndex:
         if mode == "dense":
             return DenseIndex(int(encoded.dense.shape[1]), self.dense_index, hnsw_m=self.hnsw_m,  # type: ignore[union-attr]
@@ -352,7 +382,7 @@ class HybridStore(EncodedSearchMixin):
             return SparseIndex()
         mats = encoded.colbert
         dim = next((int(m.shape[1]) for m in mats if m.shape[0] > 0), int(mats[0].shape[1]))  # type: ignore[union-attr,index]
-        return ColbertIndex(dim, self.colbert_dtype)
+        return ColbertIndex(dim, self.colbert_dtype, self.colbert_pool_factor)
 
     def _prepare(self, encoded: M3Output, modes: tuple[str, ...], indexes: Mapping[str, ModeIndex]) -> dict[str, Any]:
         for mode in modes:

@@ -11,6 +11,7 @@ from ..scoring import pack_colbert
 from ._segments import Segments, ranges
 from .base import ModeIndex, topk_stable
 from .codecs import ColbertCodec, make_codec
+from .pooling import check_pool_factor, pool_tokens
 
 __all__ = ["ColbertIndex"]
 
@@ -49,15 +50,19 @@ class ColbertIndex(ModeIndex):
     Args:
         dim: token vector dimension (> 0).
         codec: a :class:`~m3_rag.index.codecs.ColbertCodec` or a codec name (``"fp16"`` default).
+        pool_factor: token pooling at index time (:func:`~m3_rag.index.pooling.pool_tokens`): each document's
+            ``n`` token vectors are stored as at most ``ceil(n / pool_factor)`` Ward-cluster means (not
+            renormalised). ``1`` (default) stores every token. Queries are never pooled.
     """
 
     mode = "colbert"
 
-    def __init__(self, dim: int, codec: ColbertCodec | str = "fp16") -> None:
+    def __init__(self, dim: int, codec: ColbertCodec | str = "fp16", pool_factor: int = 1) -> None:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
             raise ValueError(f"ColBERT dimension must be a positive int; got {dim!r}")
         self.dim = int(dim)
         self.codec = make_codec(codec) if isinstance(codec, str) else codec
+        self.pool_factor = check_pool_factor(pool_factor)
         self._segs: Segments[_Packed] = Segments(_concat)
 
     def __len__(self) -> int:
@@ -70,6 +75,8 @@ class ColbertIndex(ModeIndex):
                 raise ValueError(f"ColBERT dimensions {m.shape[1]} and {self.dim} differ (the store holds {self.dim})")
             if not np.all(np.isfinite(m)):
                 raise ValueError("ColBERT vectors contain NaN or infinity")
+        if self.pool_factor > 1:
+            mats = [pool_tokens(m, self.pool_factor) if m.shape[0] > 1 else m for m in mats]
         packed, offsets = pack_colbert(mats, np.float32)
         packed = packed.reshape(-1, self.dim)
         if self.codec.trained and not self.codec.is_fitted:
@@ -80,7 +87,7 @@ class ColbertIndex(ModeIndex):
         self._segs.append(prepared, len(prepared.offsets) - 1)
 
     def compact(self, keep: np.ndarray) -> "ColbertIndex":
-        out = ColbertIndex(self.dim, self.codec)
+        out = ColbertIndex(self.dim, self.codec, self.pool_factor)
         out._segs = self._segs.compacted(keep)
         return out
 
@@ -127,13 +134,16 @@ class ColbertIndex(ModeIndex):
 
     def to_arrays(self) -> tuple[dict[str, Any], dict[str, Any]]:
         seg, n = self._segs.single()
+        if seg is None and not self.codec.is_fitted:
+            raise ValueError(f"nothing to save: the {self.codec.name} codec is not trained (no ColBERT rows were added)")
         if seg is None:
             seg = _Packed(self.codec.encode(np.zeros((0, self.dim), np.float32)), np.zeros(1, np.int64))
         arrays: dict[str, Any] = {f"colbert_{k}.npy": v for k, v in seg.parts.items()}
         arrays["colbert_offsets.npy"] = seg.offsets
         for k, v in self.codec.state().items():
             arrays[f"colbert_codec_{k}.npy"] = v
-        meta = {"colbert_dim": self.dim, "colbert_dtype": self.codec.name, "colbert_tokens": int(seg.offsets[-1])}
+        meta = {"colbert_dim": self.dim, "colbert_dtype": self.codec.name, "colbert_tokens": int(seg.offsets[-1]),
+                "colbert_pool_factor": self.pool_factor}
         return meta, arrays
 
     @classmethod
@@ -142,7 +152,10 @@ class ColbertIndex(ModeIndex):
         dim = meta["colbert_dim"]
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"colbert_dim must be a positive int; got {dim!r}")
-        out = cls(dim, codec if codec is not None else meta["colbert_dtype"])
+        pf = meta.get("colbert_pool_factor", 1)
+        if isinstance(pf, bool) or not isinstance(pf, int) or pf < 1:
+            raise ValueError(f"colbert_pool_factor must be an int >= 1; got {pf!r}")
+        out = cls(dim, codec if codec is not None else meta["colbert_dtype"], pf)
         if state_names:
             out.codec.load_state({k: np.array(load(f"colbert_codec_{k}.npy", None, None)) for k in state_names}, dim)
         T = meta["colbert_tokens"]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from ..index.pooling import pool_tokens
 from ..types import M3Output, Record
 from ..validation import check_rows
 from .schema import PAYLOAD_COLBERT_EMPTY, PAYLOAD_ID, PAYLOAD_META, PAYLOAD_SEQ, PAYLOAD_TEXT, QdrantWriteError, point_id
@@ -25,6 +26,7 @@ class CrudMixin:
     _models: Any
     _encoder: "M3Encoder | None"
     colbert_datatype: str
+    colbert_pool_factor: int
     batch_size: int
     show_progress: bool
     max_retries: int
@@ -115,6 +117,8 @@ class CrudMixin:
         out, empty = [], []
         for mat in mats:
             arr = np.asarray(mat, dtype=np.float32).reshape(-1, dim) if len(mat) else np.zeros((0, dim), np.float32)
+            if self.colbert_pool_factor > 1 and arr.shape[0] > 1:
+                arr = pool_tokens(arr, self.colbert_pool_factor)
             if self.colbert_datatype == "float16":
                 arr = arr.astype(np.float16).astype(np.float32)
             if arr.shape[0] == 0:

@@ -80,6 +80,7 @@ class SchemaMixin:
     colbert_on_disk: bool
     colbert_quantization: str | None
     colbert_datatype: str
+    colbert_pool_factor: int
     _modes: tuple[str, ...]
     _dims: dict[str, int]
     _fingerprint: str | None
@@ -128,6 +129,7 @@ class SchemaMixin:
                 "modes": list(modes),
                 "fingerprint": self._fingerprint,
                 "colbert_datatype": self.colbert_datatype,
+                "colbert_pool_factor": self.colbert_pool_factor,
             }
         }
         self.client.create_collection(
@@ -219,6 +221,9 @@ class SchemaMixin:
             self._fingerprint = stored_fp
         if meta.get("colbert_datatype") in COLBERT_DATATYPES:
             self.colbert_datatype = meta["colbert_datatype"]
+        pf = meta.get("colbert_pool_factor", 1)
+        if isinstance(pf, int) and not isinstance(pf, bool) and pf >= 1:
+            self.colbert_pool_factor = pf
         self._modes = tuple(x for x in MODES if x in modes)
         self._dims = dims
         last, _ = self.client.scroll(

@@ -95,6 +95,9 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
         show_progress: show a tqdm bar while upserting more than one batch (and the encoder's bar in ``add``).
         max_retries: retries per upsert batch on a server (``QdrantClient.upload_points``).
         server_fusion: default for ``search(..., server_fusion=)``; see the module docstring.
+        colbert_pool_factor: pool each document's ColBERT tokens before upsert into at most ``ceil(n / factor)``
+            Ward-cluster means, as ``HybridStore(colbert_pool_factor=)`` does (``1``: keep every token). Recorded in
+            the collection metadata; an existing collection keeps the factor it was built with.
     """
 
     def __init__(
@@ -111,8 +114,12 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
         show_progress: bool = True,
         max_retries: int = 3,
         server_fusion: bool = False,
+        colbert_pool_factor: int = 1,
     ) -> None:
+        from ..index.pooling import check_pool_factor
+
         qdrant_client, models = _qdrant()
+        self.colbert_pool_factor = check_pool_factor(colbert_pool_factor)
         self._models = models
         if dense_distance not in DENSE_DISTANCES:
             raise ValueError(f"dense_distance must be one of {DENSE_DISTANCES}; got {dense_distance!r}")
@@ -179,6 +186,7 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
         ``kwargs`` go to the constructor; the store's encoder is reused unless ``encoder=`` is given.
         """
         kwargs.setdefault("encoder", store.encoder)
+        kwargs.setdefault("colbert_pool_factor", store.colbert_pool_factor)
         if "colbert_datatype" not in kwargs:
             dtype = getattr(store, "colbert_dtype", "fp16")
             kwargs["colbert_datatype"] = "float32" if dtype == "fp32" else "float16"
@@ -188,7 +196,11 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
         if len(store) == 0:
             return q
         ids, encoded, texts, metadatas = store.export()
-        q.add_encoded(encoded, ids=ids, texts=texts, metadatas=metadatas)
+        pf, q.colbert_pool_factor = q.colbert_pool_factor, 1  # exported tokens are already pooled
+        try:
+            q.add_encoded(encoded, ids=ids, texts=texts, metadatas=metadatas)
+        finally:
+            q.colbert_pool_factor = pf
         return q
 
     def to_store(self, **store_kwargs: Any) -> "HybridStore":
@@ -199,13 +211,14 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
         from ..store import HybridStore
 
         store_kwargs.setdefault("encoder", self._encoder)
+        store_kwargs.setdefault("colbert_pool_factor", self.colbert_pool_factor)
         if "colbert_dtype" not in store_kwargs and "colbert" in self._modes:
             store_kwargs["colbert_dtype"] = "fp16" if self.colbert_datatype == "float16" else "fp32"
         store = HybridStore(**store_kwargs)
         if len(self) == 0:
             return store
         ids, encoded, texts, metadatas = self.export()
-        store.add_encoded(encoded, ids=ids, texts=texts, metadatas=metadatas)
+        store._add_exported(encoded, ids=ids, texts=texts, metadatas=metadatas)  # already pooled here
         return store
 
     def save(self, path: str | Path) -> None:
