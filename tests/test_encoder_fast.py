@@ -121,6 +121,17 @@ def test_torch_int8_quantises_the_backbone_not_the_heads(ckpts: dict[str, Path])
     assert enc.fingerprint == M3Encoder.from_pretrained(ckpts["bert"]).fingerprint
 
 
+def test_int8_quantises_in_place_without_a_second_copy() -> None:
+    """The fp32 Linear layers are swapped one by one in the same module (no fp32 + int8 copies side by side)."""
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+    first = model[0]
+    out = fast.quantize_backbone_int8(model)
+    assert out is model and model[0] is not first
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())  # every fp32 Linear was replaced
+    x = torch.randn(3, 64)
+    assert out(x).shape == (3, 8)
+
+
 def test_onnx_cache_reused_rebuilt_on_corruption_and_on_checkpoint_change(ckpts: dict[str, Path], tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     before = fast.EXPORT_COUNT
