@@ -269,14 +269,22 @@ def bench_hybrid(n: int, nq: int, colbert_tokens: int, colbert_dtype: str) -> di
     store, add_s, sample = build_store(synth, n, colbert_tokens=colbert_tokens, colbert_dtype=colbert_dtype)
     qs = synth.queries(nq, sample, colbert_tokens=32)
     # the raw components over one copy of the same data: FAISS flat, a prepared (V, n) CSR, one ColbertIndex
-    _, exported, _, _ = store.export()
+    # exported in slices: the decoded float32 ColBERT rows of 100k documents would not fit beside the store
     raw = faiss.IndexFlatIP(DIM)
-    raw.add(exported.dense)
-    raw_vectors = exported.dense
-    DT = csr_from_dicts(exported.sparse).T.tocsr()
     col = ColbertIndex(DIM, colbert_dtype)
-    col.append(col.prepare(exported.colbert))
-    del exported
+    dense_parts, sparse_rows = [], []
+    all_ids = store.ids()
+    for lo in range(0, n, 5_000):
+        _, part, _, _ = store.export(all_ids[lo : lo + 5_000])
+        dense_parts.append(part.dense)
+        sparse_rows.extend(part.sparse)
+        col.append(col.prepare(part.colbert))
+        del part
+    raw_vectors = np.concatenate(dense_parts)
+    del dense_parts
+    raw.add(raw_vectors)
+    DT = csr_from_dicts(sparse_rows).T.tocsr()
+    del sparse_rows
     gc.collect()
     import scipy.sparse as sp
 
