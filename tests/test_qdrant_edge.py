@@ -676,3 +676,35 @@ def test_text_add_search_and_explain_match_hybridstore(tiny_encoder, tmp_path):
         assert [[x.id for x in r] for r in batch] == [[x.id for x in r] for r in h.search_batch(["cats on mats", "qubits"], k=3)]
     with QdrantEdgeStore(tmp_path / "s", tiny_encoder) as e:  # reopen with the same model
         same(h.search("qubits", k=3), e.search("qubits", k=3))
+
+
+def test_concurrent_searches_and_writes(data, tmp_path):
+    import threading
+
+    ids, texts, metas, docs, q = data
+    errors: list[BaseException] = []
+    with QdrantEdgeStore(tmp_path / "s", batch_size=32) as e:
+        e.add_encoded(docs[:40], ids=ids[:40], metadatas=metas[:40])
+        stop = threading.Event()
+
+        def reader() -> None:
+            try:
+                while not stop.is_set():
+                    for hits in e.search_encoded_batch(q, k=5, filter={"parity": "even"}):
+                        assert all(h.metadata["parity"] == "even" for h in hits) and len(hits) == 5
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=reader) for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            for lo in range(40, N, 44):
+                e.add_encoded(docs[lo : lo + 44], ids=ids[lo : lo + 44], metadatas=metas[lo : lo + 44])
+                e.delete(ids[lo - 10 : lo - 8])
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert not errors, errors
+        assert e.ids() == [x for x in ids if x not in {ids[lo - 10] for lo in range(40, N, 44)} | {ids[lo - 9] for lo in range(40, N, 44)}]
