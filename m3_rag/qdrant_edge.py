@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import json
+from itertools import chain
 import os
 import shutil
 import threading
@@ -152,17 +153,49 @@ class _Restriction:
         self.count = count
 
 
-def _lexical(q_sparse: Mapping[int, float], sv: Any) -> float:
-    """HybridStore's lexical score: float64 sum in query-term order of float32 document weights."""
-    if sv is None:
-        return 0.0
-    doc = dict(zip(sv.indices, sv.values))
-    acc = 0.0
-    for t, w in q_sparse.items():
-        dw = doc.get(int(t))
-        if dw is not None:
-            acc += float(np.float32(dw)) * float(w)
-    return acc
+class _Pt:
+    """An engine result materialised once (the binding builds ``vector``/``payload`` anew on every access)."""
+
+    __slots__ = ("id", "score", "payload", "vector")
+
+    def __init__(self, p: Any) -> None:
+        self.id = p.id
+        self.score = getattr(p, "score", None)
+        self.payload = p.payload
+        self.vector = p.vector or {}
+
+
+def _pts(points: Any) -> list[_Pt]:
+    return [_Pt(p) for p in points]
+
+
+def _lexical(q_sparse: Mapping[int, float], svs: Sequence[Any]) -> np.ndarray:
+    """HybridStore's lexical scores of each document's sparse vector (``None``: none): per document, the float64
+    sum in query-term order of ``float32 weight * query weight`` -- the order ``SparseIndex.full_scores`` adds in."""
+    n = len(svs)
+    out = np.zeros(n, dtype=np.float64)
+    if not n or not q_sparse:
+        return out
+    terms = np.fromiter((int(t) for t in q_sparse), dtype=np.int64, count=len(q_sparse))
+    weights = np.fromiter((float(w) for w in q_sparse.values()), dtype=np.float64, count=len(q_sparse))
+    idx = [sv.indices if sv is not None else [] for sv in svs]
+    val = [sv.values if sv is not None else [] for sv in svs]
+    lens = np.fromiter(map(len, idx), dtype=np.int64, count=n)
+    total = int(lens.sum())
+    if total == 0:
+        return out
+    all_idx = np.fromiter(chain.from_iterable(idx), dtype=np.int64, count=total)
+    all_val = np.fromiter(chain.from_iterable(val), dtype=np.float32, count=total).astype(np.float64)
+    doc_of = np.repeat(np.arange(n), lens)
+    order = np.argsort(terms, kind="stable")
+    sorted_terms = terms[order]
+    pos = np.minimum(np.searchsorted(sorted_terms, all_idx), len(terms) - 1)
+    hit = sorted_terms[pos] == all_idx
+    M = np.zeros((n, len(terms)), dtype=np.float64)
+    M[doc_of[hit], order[pos[hit]]] = all_val[hit]
+    for j in range(len(terms)):  # query-term order; adding 0.0 for an absent term changes nothing
+        out += M[:, j] * weights[j]
+    return out
 
 
 class EdgeBackend(SearchBackend):
@@ -248,7 +281,7 @@ class EdgeBackend(SearchBackend):
         points, _ = self.shard.scroll(qe.ScrollRequest(
             limit=n, filter=f, with_payload=True, with_vector=["sparse"],
             order_by=qe.OrderBy(PAYLOAD_SEQ, direction=qe.Direction.Asc)))
-        return list(points)
+        return _pts(points)
 
     # -------------------------------------------------- the pipeline interface
     def first_stage(self, mode: str, Q: M3Output, depth: int, restriction: Any, pad: bool) -> list[Candidates]:
@@ -260,7 +293,7 @@ class EdgeBackend(SearchBackend):
         if runnable:
             reqs = [self._request(mode, rows[i], depth, flt, with_vector) for i in runnable]
             for i, res in zip(runnable, self.shard.query_batch(self.qe.QueryBatchRequest(reqs))):
-                answers[i] = list(res)
+                answers[i] = _pts(res)
         out = []
         for i, q in enumerate(rows):
             res = answers[i]
@@ -272,8 +305,7 @@ class EdgeBackend(SearchBackend):
                 X = np.asarray([p.vector["dense"] for p in res], dtype=np.float32)
                 scores = _faiss_dense(X, q.dense[0]) if res else np.zeros(0, np.float32)  # type: ignore[index]
             else:
-                scores = np.asarray([_lexical(q.sparse[0], (p.vector or {}).get("sparse")) for p in res],  # type: ignore[index]
-                                    dtype=np.float64)
+                scores = _lexical(q.sparse[0], [p.vector.get("sparse") for p in res])  # type: ignore[index]
                 keep = scores > 0
                 res, scores = [p for p, k in zip(res, keep) if k], scores[keep]
                 if pad and len(res) < depth:
@@ -315,10 +347,10 @@ class EdgeBackend(SearchBackend):
                                   vectors) for i in todo]
             if reqs:
                 for i, res in zip(todo, self.shard.query_batch(qe.QueryBatchRequest(reqs))):
-                    points[i] = list(res)
+                    points[i] = _pts(res)
         else:
             for i in range(len(Q)):
-                points[i] = list(self.shard.retrieve(unions[i], True, vectors)) if unions[i] else []
+                points[i] = _pts(self.shard.retrieve(unions[i], True, vectors)) if unions[i] else []
         out = []
         for i in range(len(Q)):
             pts = sorted(points.get(i, []), key=lambda p: p.payload[PAYLOAD_SEQ])
@@ -337,8 +369,7 @@ class EdgeBackend(SearchBackend):
             X = np.asarray([pts[k].vector["dense"] for k in keys], dtype=np.float32)
             return X @ np.asarray(q.dense[0], dtype=np.float32)  # type: ignore[index]
         if mode == "sparse":
-            return np.asarray([_lexical(q.sparse[0], (pts[k].vector or {}).get("sparse")) for k in keys],  # type: ignore[index]
-                              dtype=np.float64)
+            return _lexical(q.sparse[0], [pts[k].vector.get("sparse") for k in keys])  # type: ignore[index]
         qe = self.qe
         if not keys:
             return np.zeros(0, dtype=np.float32)
@@ -361,12 +392,12 @@ class EdgeBackend(SearchBackend):
     def matched_terms(self, q_sparse: Mapping[int, float], cands: Candidates) -> list[list[tuple[int, float]]]:
         keys = cands.keys.tolist()
         pts = cands.cache.get("points", {})
-        missing = [k for k in keys if k not in pts or not (pts[k].vector or {}).get("sparse")]
-        fetched = {r.id: r for r in self.shard.retrieve(missing, False, ["sparse"])} if missing else {}
+        missing = [k for k in keys if k not in pts or not pts[k].vector.get("sparse")]
+        fetched = {r.id: r for r in _pts(self.shard.retrieve(missing, False, ["sparse"]))} if missing else {}
         out = []
         for key in keys:
             rec = fetched.get(key, pts.get(key))
-            sv = (rec.vector or {}).get("sparse") if rec is not None else None
+            sv = rec.vector.get("sparse") if rec is not None else None
             doc = {} if sv is None else {int(t): float(w) for t, w in zip(sv.indices, sv.values)}
             out.append([(int(t), float(qw) * doc[int(t)]) for t, qw in q_sparse.items() if int(t) in doc])
         return out
