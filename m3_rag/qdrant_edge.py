@@ -223,8 +223,13 @@ class EdgeBackend(SearchBackend):
                 return _Restriction(None, 0)
         if opts.filter is not None:
             spec = opts.filter_spec
-            edge = to_edge_filter(spec) if isinstance(spec, Mapping) else None
-            if edge is None:  # a callable, or a filter the binding cannot express: evaluate it here
+            edge = None
+            if isinstance(spec, Mapping):
+                try:
+                    edge = to_edge_filter(spec)
+                except (ValueError, TypeError):  # valid (parse_options checked it) but not expressible in Qdrant
+                    edge = None  # e.g. equality with a list or dict value, $gt on strings: evaluated here instead
+            if edge is None:  # a callable, or a filter the engine cannot express: evaluate it here
                 scope = qe.Filter(must=[qe.HasIdCondition(pids)]) if pids is not None else None
                 pred = opts.filter
                 pids = {r.id for r in self.s._scroll([PAYLOAD_META], flt=scope)
@@ -502,7 +507,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
             raise NotADirectoryError(f"{p} is a file; QdrantEdgeStore needs a directory (missing, empty, or a store)")
         sidecar = p / SIDECAR
         if p.is_dir() and not sidecar.exists():
-            other = sorted(x.name for x in p.iterdir() if x.name != LOCK_FILE)
+            other = sorted(x.name for x in p.iterdir() if x.name != LOCK_FILE and x.name != f".{SIDECAR}.tmp")
             if other:
                 what = "a bare Qdrant Edge shard" if "edge_config.json" in other or "wal" in other else "other files"
                 raise ValueError(
@@ -599,7 +604,9 @@ class QdrantEdgeStore(EncodedSearchMixin):
             self._fingerprint = saved_fp
         shard_dir = self.path / SHARD_DIR
         if not (shard_dir / "edge_config.json").exists():
-            self._shard = self._create_shard(modes, dims)  # a crash came between the header and the shard
+            # a crash came between the header and the shard (no add had returned): start the shard again
+            shutil.rmtree(shard_dir, ignore_errors=True)
+            self._shard = self._create_shard(modes, dims)
         else:
             self._check_shard_config(shard_dir, modes, dims)
             try:

@@ -148,6 +148,8 @@ FILTERS = [
     # booleans: evaluated client-side (qdrant-edge-py 0.9.0 turns MatchValue(True) into MatchValue(1))
     {"special": True}, {"special": False}, {"special": {"$ne": True}}, {"special": {"$in": [True]}},
     {"$or": [{"special": True}, {"n": {"$lt": 3}}]},
+    # not expressible as a Qdrant payload filter: evaluated client-side, with HybridStore's semantics
+    {"tags": ["t1", "all"]}, {"parity": {"$gt": "f"}}, {"tags": {"$contains": "all"}, "parity": {"$lte": "even"}},
 ]
 
 
@@ -708,3 +710,21 @@ def test_concurrent_searches_and_writes(data, tmp_path):
                 t.join()
         assert not errors, errors
         assert e.ids() == [x for x in ids if x not in {ids[lo - 10] for lo in range(40, N, 44)} | {ids[lo - 9] for lo in range(40, N, 44)}]
+
+
+def test_crash_before_the_shard_existed_reopens_empty(data, tmp_path):
+    import shutil
+
+    ids, _, _, docs, q = data
+    with QdrantEdgeStore(tmp_path / "s") as e:
+        e.add_encoded(docs[:2], ids=ids[:2])
+    shutil.rmtree(tmp_path / "s" / "shard")  # as if killed after the header was written, before create returned
+    with QdrantEdgeStore(tmp_path / "s") as e:
+        assert len(e) == 0 and e.modes == ("dense", "sparse", "colbert")
+        e.add_encoded(docs[:3], ids=ids[:3])
+        assert e.ids() == ids[:3] and e.search_encoded(q[0], k=1)
+    half = tmp_path / "t"
+    half.mkdir()
+    (half / f".{SIDECAR}.tmp").write_text("{")  # killed while writing the header: the directory is still empty
+    with QdrantEdgeStore(half) as e:
+        assert len(e) == 0 and e.modes == ()
