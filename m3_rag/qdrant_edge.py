@@ -164,6 +164,12 @@ class _Pt:
         self.payload = p.payload
         self.vector = p.vector or {}
 
+    @classmethod
+    def of(cls, id: Any, score: Any, payload: Any, vector: dict) -> "_Pt":
+        self = cls.__new__(cls)
+        self.id, self.score, self.payload, self.vector = id, score, payload, vector
+        return self
+
 
 def _pts(points: Any) -> list[_Pt]:
     return [_Pt(p) for p in points]
@@ -205,8 +211,9 @@ class EdgeBackend(SearchBackend):
     #: The engine breaks exact ties in its own (run-dependent) order: fetch past each cut, re-rank by ``seq``.
     tie_margin = 16
 
-    def __init__(self, store: "QdrantEdgeStore") -> None:
+    def __init__(self, store: "QdrantEdgeStore", n_docs: int | None = None) -> None:
         self.s = store
+        self.n_docs = n_docs
         self.qe = store._qe
         self.shard = store._shard_or_raise()
         self.encoder = store.encoder
@@ -246,7 +253,9 @@ class EdgeBackend(SearchBackend):
         return _Restriction(flt, int(self.shard.count(qe.CountRequest(filter=flt, exact=True))))
 
     def count(self, restriction: _Restriction | None) -> int:
-        return len(self.s) if restriction is None else restriction.count
+        if restriction is not None:
+            return restriction.count
+        return self.n_docs if self.n_docs is not None else len(self.s)
 
     # -------------------------------------------------- helpers
     def _qvec(self, mode: str, q: M3Output) -> Any:
@@ -343,22 +352,45 @@ class EdgeBackend(SearchBackend):
         qe = self.qe
         stages = {m: self._stage(m, Q, d, restriction, pad=(m == "sparse" and not opts.explicit_depths))
                   for m, d in opts.depths.items()}
-        vectors = [x for x in ("dense", "sparse") if x in opts.modes] or False
-        unions = [sorted({k for m in opts.depths for k in stages[m][i].keys.tolist()}) for i in range(len(Q))]
-        points: dict[int, list[Any]] = {}
+        need = [x for x in ("dense", "sparse") if x in opts.modes]
+        merged: list[dict[Any, _Pt]] = []
+        for i in range(len(Q)):  # what the first stages already fetched: payloads and their own vectors
+            known: dict[Any, _Pt] = {}
+            for m in opts.depths:
+                c = stages[m][i]
+                for key in c.keys.tolist():
+                    p = c.cache["points"][key]
+                    if key in known:
+                        known[key].vector.update(p.vector)
+                    else:
+                        known[key] = _Pt.of(p.id, None, p.payload, dict(p.vector))
+            merged.append(known)
+        missing: dict[str, set[Any]] = {v: {k for known in merged for k, p in known.items() if v not in p.vector}
+                                        for v in need}
+        for v, ids in missing.items():  # one request per vector name for everything a stage did not bring
+            if ids:
+                got = {p.id: p for p in _pts(self.shard.retrieve(list(ids), False, [v]))}
+                for known in merged:
+                    for k in ids & known.keys():
+                        if k in got:
+                            known[k].vector[v] = got[k].vector.get(v)
+                        else:  # deleted by a concurrent write since the first stage: not a candidate any more
+                            del known[k]
         if "colbert" in opts.modes:
-            todo = [i for i in range(len(Q)) if unions[i]]
-            reqs = [self._request("colbert", Q[i], len(unions[i]), qe.Filter(must=[qe.HasIdCondition(set(unions[i]))]),
-                                  vectors) for i in todo]
+            todo = [i for i in range(len(Q)) if merged[i]]
+            reqs = [qe.QueryRequest(limit=len(merged[i]), query=qe.Query.Nearest(self._qvec("colbert", Q[i]), using="colbert"),
+                                    filter=qe.Filter(must=[qe.HasIdCondition(set(merged[i]))]), with_payload=False,
+                                    with_vector=False, params=self.params) for i in todo]
             if reqs:
                 for i, res in zip(todo, self.shard.query_batch(qe.QueryBatchRequest(reqs))):
-                    points[i] = _pts(res)
-        else:
-            for i in range(len(Q)):
-                points[i] = _pts(self.shard.retrieve(unions[i], True, vectors)) if unions[i] else []
+                    for p in res:
+                        if p.id in merged[i]:
+                            merged[i][p.id].score = p.score
+                    for k in [k for k, p in merged[i].items() if p.score is None]:
+                        del merged[i][k]  # deleted by a concurrent write since the first stage
         out = []
         for i in range(len(Q)):
-            pts = sorted(points.get(i, []), key=lambda p: p.payload[PAYLOAD_SEQ])
+            pts = sorted(merged[i].values(), key=lambda p: p.payload[PAYLOAD_SEQ])
             c = self._cands(pts)
             if "colbert" in opts.modes:
                 c.scores["colbert"] = self._colbert([p.score for p in pts], len(Q[i].colbert[0]))  # type: ignore[index]
@@ -381,7 +413,7 @@ class EdgeBackend(SearchBackend):
         got = self.shard.query(self._request("colbert", q, len(keys), qe.Filter(must=[qe.HasIdCondition(set(keys))]),
                                              False))
         by_id = {p.id: p.score for p in got}
-        return self._colbert([by_id[k] for k in keys], len(q.colbert[0]))  # type: ignore[index]
+        return self._colbert([by_id.get(k, 0.0) for k in keys], len(q.colbert[0]))  # type: ignore[index]
 
     def hits(self, cands: Candidates, scores: np.ndarray, per_mode: Mapping[str, np.ndarray]) -> list[Hit]:
         pts = cands.cache["points"]
@@ -1101,10 +1133,11 @@ class QdrantEdgeStore(EncodedSearchMixin):
         self._shard_or_raise()
         if len(queries) == 0:
             return []
-        if self._shard is None or not self._modes or len(self) == 0:
+        n = len(self) if self._shard is not None and self._modes else 0
+        if n == 0:
             return [[] for _ in range(len(queries))]
         check_query(queries, opts.modes, self._dims)
-        return run(EdgeBackend(self), queries, opts)
+        return run(EdgeBackend(self, n), queries, opts)
 
     def _search_params(self) -> Any:
         qe = self._qe
