@@ -99,33 +99,33 @@ class _EdgeModels:
     def __init__(self, qe: Any) -> None:
         self.qe = qe
 
-    def Filter(self, must: Any = None, should: Any = None, must_not: Any = None) -> Any:  # noqa: N802
+    def Filter(self, must: Any = None, should: Any = None, must_not: Any = None) -> Any:
         return self.qe.Filter(must=must, should=should, must_not=must_not)
 
-    def PayloadField(self, key: str) -> str:  # noqa: N802
+    def PayloadField(self, key: str) -> str:
         return key
 
-    def IsNullCondition(self, is_null: str) -> Any:  # noqa: N802
+    def IsNullCondition(self, is_null: str) -> Any:
         return self.qe.IsNullCondition(is_null)
 
-    def IsEmptyCondition(self, is_empty: str) -> Any:  # noqa: N802
+    def IsEmptyCondition(self, is_empty: str) -> Any:
         return self.qe.IsEmptyCondition(is_empty)
 
-    def FieldCondition(self, key: str, match: Any = None, range: Any = None) -> Any:  # noqa: N802
+    def FieldCondition(self, key: str, match: Any = None, range: Any = None) -> Any:
         return self.qe.FieldCondition(key=key, match=match, range=range)
 
-    def MatchValue(self, value: Any) -> Any:  # noqa: N802
+    def MatchValue(self, value: Any) -> Any:
         if isinstance(value, bool):  # qdrant-edge-py 0.9.0 sends True as 1: matches no boolean payload
             raise _ClientSide()
         return self.qe.MatchValue(value)
 
-    def MatchSubstring(self, substring: str) -> Any:  # noqa: N802
+    def MatchSubstring(self, substring: str) -> Any:
         return self.qe.MatchSubstring(substring)
 
-    def Range(self, gte: Any = None, gt: Any = None, lte: Any = None, lt: Any = None) -> Any:  # noqa: N802
+    def Range(self, gte: Any = None, gt: Any = None, lte: Any = None, lt: Any = None) -> Any:
         return self.qe.RangeFloat(gte=gte, gt=gt, lte=lte, lt=lt)
 
-    def HasIdCondition(self, has_id: Any) -> Any:  # noqa: N802
+    def HasIdCondition(self, has_id: Any) -> Any:
         return self.qe.HasIdCondition(set(has_id))
 
 
@@ -823,10 +823,9 @@ class QdrantEdgeStore(EncodedSearchMixin):
         out: list[Any] = []
         offset = None
         want_seq = with_payload is True or (isinstance(with_payload, list) and PAYLOAD_SEQ in with_payload)
-        payload = with_payload if not isinstance(with_payload, list) or want_seq else with_payload
         while True:
             points, offset = shard.scroll(self._qe.ScrollRequest(
-                offset=offset, limit=_SCROLL_PAGE, filter=flt, with_payload=payload, with_vector=with_vector))
+                offset=offset, limit=_SCROLL_PAGE, filter=flt, with_payload=with_payload, with_vector=with_vector))
             out.extend(points)
             if offset is None:
                 break

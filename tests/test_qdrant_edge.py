@@ -347,6 +347,12 @@ def test_optimize_then_exact_search_unchanged(pair, data, tmp_path):
         h.add_encoded(docs[20:], ids=ids[20:], texts=texts[20:], metadatas=metas[20:])
         for i in range(len(q)):
             same(h.search_encoded(q[i], k=10), e.search_encoded(q[i], k=10))
+    # exact=False lets the engine use HNSW where it built one (none at this size: still the exact answer)
+    with QdrantEdgeStore(tmp_path / "s", exact=False, hnsw_ef=64) as e:
+        for i in range(len(q)):
+            same(h.search_encoded(q[i], k=10), e.search_encoded(q[i], k=10))
+    with pytest.raises(ValueError, match="hnsw_ef"):
+        QdrantEdgeStore(tmp_path / "s", hnsw_ef=0)
 
 
 # ------------------------------------------------------------------------------------------ bad input
