@@ -576,7 +576,8 @@ class QdrantEdgeStore(EncodedSearchMixin):
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise StoreLockedError(
                     f"{self.path} is already open by another QdrantEdgeStore (in this or another process); close that "
-                    "store first (store.close() or a with-block). Two writers on one shard are never allowed."
+                    "store first (store.close() or a with-block; in a notebook, close the previous store before re-running "
+                    "the cell that opens it). Two writers on one shard are never allowed."
                 ) from exc
             raise
         if not os.access(self.path, os.W_OK):
