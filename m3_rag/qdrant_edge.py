@@ -743,6 +743,27 @@ class QdrantEdgeStore(EncodedSearchMixin):
             shard.flush()
         return changed
 
+    def index_metadata(self, field: str, kind: str) -> None:
+        """Create an engine payload index on the metadata field ``field`` so that dict filters on it are served
+        from the index instead of a payload scan: ``kind="keyword"`` for string values, ``"number"`` for int/float
+        values (one float index: integers are compared numerically, as the filter translation does).
+
+        Results do not change, only filter speed; values of other types in that field are not indexed by this
+        index, so index a field with the kind its values have. Needs the store to exist (after the first add).
+        """
+        from .qdrant.filters import _field_key
+
+        if kind not in ("keyword", "number"):
+            raise ValueError(f"kind must be 'keyword' or 'number'; got {kind!r}")
+        key = _field_key(field)
+        with self._write_lock:
+            shard = self._shard_or_raise()
+            if shard is None:
+                raise ValueError("index_metadata needs documents first: the shard is created by the first add")
+            schema = self._qe.PayloadSchemaType.Keyword if kind == "keyword" else self._qe.PayloadSchemaType.Float
+            shard.update(self._qe.UpdateOperation.create_field_index(key, schema))
+            shard.flush()
+
     def close(self) -> None:
         """Flush, close the shard and release the directory lock (idempotent)."""
         if self._closed:

@@ -165,6 +165,25 @@ def test_filters_match_hybridstore(pair, data, flt):
     assert len(edge.search_encoded(q[0], modes="dense", k=300, filter=flt)) == n_match
 
 
+def test_metadata_indexes_keep_filter_results(pair, data, tmp_path):
+    ids, texts, metas, docs, q = data
+    hybrid, _ = pair
+    with QdrantEdgeStore(tmp_path / "s") as e:
+        with pytest.raises(ValueError, match="needs documents first"):
+            e.index_metadata("n", "number")
+        e.add_encoded(docs, ids=ids, texts=texts, metadatas=metas)
+        for field, kind in (("n", "number"), ("score", "number"), ("parity", "keyword"), ("tags", "keyword"),
+                            ("note", "keyword")):
+            e.index_metadata(field, kind)
+        with pytest.raises(ValueError, match="kind must be"):
+            e.index_metadata("n", "int")
+        assert {"metadata.n", "metadata.parity"} <= set(e._shard.info().payload_schema)
+        for flt in FILTERS:
+            for modes in (("dense",), ("dense", "sparse", "colbert")):
+                same(hybrid.search_encoded(q[1], modes=modes, k=300, filter=flt),
+                     e.search_encoded(q[1], modes=modes, k=300, filter=flt))
+
+
 def test_bool_filters_are_evaluated_client_side():
     assert to_edge_filter({"special": True}) is None
     assert to_edge_filter({"$or": [{"n": 1}, {"flag": {"$in": [False]}}]}) is None
