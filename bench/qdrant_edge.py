@@ -8,8 +8,8 @@ hybrid, RSS growth, disk size, reopen time.
 
 Edge is measured at the engine level with the requests QdrantHybridStore sends (single-mode ``Nearest``;
 the hybrid = prefetch dense+sparse top-100 with a ColBERT MaxSim rerank of their union, returning payloads and
-dense/sparse vectors), with ``SearchParams(exact=True)`` on dense; the m3-rag store on Edge does not exist yet
-(it waits for the shared search pipeline), so its client-side fusion cost is not included. Local mode is capped
+dense/sparse vectors), with ``SearchParams(exact=True)`` on dense; the client-side rescoring and fusion of the
+m3-rag store on Edge (``QdrantEdgeStore``) are not included: ``bench/edge.py`` measures the stores end to end. Local mode is capped
 (``--local-cap``, default 2,000 docs): its build is pure Python and takes minutes per thousand documents.
 Edge runs ``optimize()`` (HNSW build) only up to 20,000 documents; above, it searches its unoptimised
 segments (every search is exact either way: dense requests carry ``SearchParams(exact=True)``).

@@ -38,7 +38,11 @@ def __getattr__(name: str):  # lazy exports: `import m3_rag` stays free of optio
         from .qdrant import QdrantHybridStore
 
         return QdrantHybridStore
+    if name == "QdrantEdgeStore":
+        from .qdrant_edge import QdrantEdgeStore
+
+        return QdrantEdgeStore
     raise AttributeError(f"module 'm3_rag' has no attribute {name!r}")
 
 
-__all__ += ["QdrantHybridStore"]
+__all__ += ["QdrantHybridStore", "QdrantEdgeStore"]

@@ -29,12 +29,23 @@ from .types import MODES
 if TYPE_CHECKING:  # pragma: no cover
     from .store import HybridStore
 
-__all__ = ["save_store", "load_store", "FORMAT_VERSION"]
+__all__ = ["save_store", "load_store", "check_fingerprint", "FORMAT_VERSION"]
 
 #: Version of the on-disk layout.
 FORMAT_VERSION = 1
 FORMAT_NAME = "m3-rag.HybridStore"
 _INDEX_CLASSES = {"dense": DenseIndex, "sparse": SparseIndex, "colbert": ColbertIndex}
+
+
+def check_fingerprint(path: Any, saved_fp: str | None, encoder: Any | None) -> None:
+    """Refuse an encoder whose fingerprint differs from the one recorded with the index at ``path`` (shared by
+    ``HybridStore.load`` and ``QdrantEdgeStore``'s reopen: the same error for the same mistake)."""
+    if encoder is not None and saved_fp is not None and encoder.fingerprint != saved_fp:
+        raise ValueError(
+            f"the index at {path} was built with a model of fingerprint {saved_fp}, but the encoder given has "
+            f"fingerprint {encoder.fingerprint} ({getattr(encoder, 'name', '?')}). Load it with the same model, "
+            "or re-index the documents with this one."
+        )
 
 
 def sha256_file(path: Path) -> str:
@@ -245,12 +256,7 @@ def load_store(cls: type, path: str | os.PathLike[str], encoder: Any | None = No
 
 def _from_header(cls: type, path: Path, header: dict[str, Any], encoder: Any | None, show_progress: bool) -> Any:
     saved_fp = header["fingerprint"]
-    if encoder is not None and saved_fp is not None and encoder.fingerprint != saved_fp:
-        raise ValueError(
-            f"the index at {path} was built with a model of fingerprint {saved_fp}, but the encoder given has "
-            f"fingerprint {encoder.fingerprint} ({getattr(encoder, 'name', '?')}). Load it with the same model, "
-            "or re-index the documents with this one."
-        )
+    check_fingerprint(path, saved_fp, encoder)
     modes = tuple(header["modes"])
     if any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
         raise ValueError(f"{path}/store.json lists unknown modes or a mode twice: {modes}")

@@ -148,7 +148,8 @@ class Record:
 
 @runtime_checkable
 class StoreLike(Protocol):
-    """What the adapters need from a store: implemented by ``HybridStore`` and ``QdrantHybridStore``.
+    """What the adapters need from a store: implemented by ``HybridStore``, ``QdrantHybridStore`` and
+    ``QdrantEdgeStore``.
 
     Adapters check ``isinstance(store, StoreLike)`` so either store plugs in unchanged.
     """

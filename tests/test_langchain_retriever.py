@@ -30,11 +30,25 @@ CONFIGS: list[dict[str, Any]] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def store(tiny_encoder) -> HybridStore:
-    s = HybridStore(encoder=tiny_encoder, show_progress=False)
+@pytest.fixture(scope="module", params=["hybrid", "qdrant-edge", "qdrant-local"])
+def store(request, tiny_encoder, tmp_path_factory) -> Any:
+    """The same corpus in each of the three stores: every test below runs on all of them."""
+    if request.param == "hybrid":
+        s = HybridStore(encoder=tiny_encoder, show_progress=False)
+    elif request.param == "qdrant-edge":
+        pytest.importorskip("qdrant_edge")
+        from m3_rag import QdrantEdgeStore
+
+        s = QdrantEdgeStore(tmp_path_factory.mktemp("lc-edge") / "store", tiny_encoder, show_progress=False)
+    else:
+        pytest.importorskip("qdrant_client")
+        from m3_rag import QdrantHybridStore
+
+        s = QdrantHybridStore(":memory:", "lc", tiny_encoder, show_progress=False)
     s.add(TEXTS, ids=IDS, metadatas=METADATAS)
-    return s
+    yield s
+    if hasattr(s, "close"):
+        s.close()
 
 
 def _store_kwargs(store: HybridStore, cfg: dict[str, Any], k: int = 4) -> dict[str, Any]:

@@ -44,11 +44,25 @@ class TestM3VectorStoreM3EmbeddingsStandard(VectorStoreIntegrationTests):
 
 
 # ---------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def m3_vs(tiny_encoder) -> M3VectorStore:
-    vs = M3VectorStore(embedding=M3Embeddings(model=tiny_encoder))
+@pytest.fixture(scope="module", params=["hybrid", "qdrant-edge", "qdrant-local"])
+def m3_vs(request, tiny_encoder, tmp_path_factory) -> Any:
+    """An M3VectorStore over each of the three stores: the tests using it run on all of them."""
+    store = None
+    if request.param == "qdrant-edge":
+        pytest.importorskip("qdrant_edge")
+        from m3_rag import QdrantEdgeStore
+
+        store = QdrantEdgeStore(tmp_path_factory.mktemp("lc-vs-edge") / "store", tiny_encoder, show_progress=False)
+    elif request.param == "qdrant-local":
+        pytest.importorskip("qdrant_client")
+        from m3_rag import QdrantHybridStore
+
+        store = QdrantHybridStore(":memory:", "lc", tiny_encoder, show_progress=False)
+    vs = M3VectorStore(embedding=M3Embeddings(model=tiny_encoder), store=store)
     vs.add_texts(TEXTS, METADATAS, ids=IDS)
-    return vs
+    yield vs
+    if hasattr(store, "close"):
+        store.close()
 
 
 @pytest.fixture()

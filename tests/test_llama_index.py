@@ -128,9 +128,24 @@ def embed(tiny_encoder):
     return M3Embedding(model=tiny_encoder)
 
 
-@pytest.fixture
-def hs(tiny_encoder):
-    return HybridStore(tiny_encoder, show_progress=False)
+@pytest.fixture(params=["hybrid", "qdrant-edge", "qdrant-local"])
+def hs(request, tiny_encoder, tmp_path):
+    """An empty store with the tiny encoder; the tests using it run on each of the three stores."""
+    if request.param == "hybrid":
+        yield HybridStore(tiny_encoder, show_progress=False)
+        return
+    if request.param == "qdrant-edge":
+        pytest.importorskip("qdrant_edge")
+        from m3_rag import QdrantEdgeStore
+
+        store = QdrantEdgeStore(tmp_path / "edge", tiny_encoder, show_progress=False)
+    else:
+        pytest.importorskip("qdrant_client")
+        from m3_rag import QdrantHybridStore
+
+        store = QdrantHybridStore(":memory:", "li", tiny_encoder, show_progress=False)
+    yield store
+    store.close()
 
 
 @pytest.fixture
