@@ -1067,6 +1067,14 @@ class QdrantEdgeStore(EncodedSearchMixin):
         ColBERT storage type follows the source (``fp16``/``float16`` -> ``"float16"``, else ``"float32"``).
         """
         kwargs.setdefault("encoder", store.encoder)
+        if getattr(store, "colbert_pool_factor", 1) != 1:
+            import warnings
+
+            warnings.warn(
+                f"the source store pools ColBERT tokens (colbert_pool_factor={store.colbert_pool_factor}); its pooled "
+                "vectors are copied as they are, but QdrantEdgeStore does not pool documents added later",
+                UserWarning, stacklevel=2,
+            )
         if "colbert_datatype" not in kwargs:
             src = getattr(store, "colbert_datatype", None) or getattr(store, "colbert_dtype", "fp32")
             kwargs["colbert_datatype"] = "float16" if src in ("fp16", "float16") else "float32"

@@ -186,7 +186,7 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
         ``kwargs`` go to the constructor; the store's encoder is reused unless ``encoder=`` is given.
         """
         kwargs.setdefault("encoder", store.encoder)
-        kwargs.setdefault("colbert_pool_factor", store.colbert_pool_factor)
+        kwargs.setdefault("colbert_pool_factor", getattr(store, "colbert_pool_factor", 1))
         if "colbert_datatype" not in kwargs:
             dtype = getattr(store, "colbert_dtype", "fp16")
             kwargs["colbert_datatype"] = "float32" if dtype == "fp32" else "float16"
