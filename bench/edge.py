@@ -1,6 +1,6 @@
 """The three m3-rag stores end to end: QdrantEdgeStore vs HybridStore vs QdrantHybridStore (qdrant-client local mode).
 
-Unlike ``bench/qdrant_edge.py`` (the engine's raw requests), this measures the public store API -- what a user gets:
+Unlike ``bench/qdrant_engine.py`` (the engine's raw requests), this measures the public store API -- what a user gets:
 ``add_encoded`` (batches of ``--batch`` documents; the Edge store flushes before each call returns), and
 ``search_encoded`` with the full pipeline (candidates, exact per-mode rescoring, fusion, tie rule, hits with
 payloads). Each store runs in its own subprocess on the same synthetic BGE-M3-shaped data (dense 1024-d unit
@@ -26,9 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-# bench/qdrant_edge.py is named like the engine's package: drop this folder so `import qdrant_edge` finds the package
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 VOCAB = 250_002
 SEARCHES = (("dense", "dense", "weighted"), ("sparse", "sparse", "weighted"), ("colbert", "colbert", "weighted"),

@@ -14,7 +14,7 @@ m3-rag store on Edge (``QdrantEdgeStore``) are not included: ``bench/edge.py`` m
 Edge runs ``optimize()`` (HNSW build) only up to 20,000 documents; above, it searches its unoptimised
 segments (every search is exact either way: dense requests carry ``SearchParams(exact=True)``).
 
-    python bench/qdrant_edge.py --docs 10000 --queries 30 --out bench/results/qdrant_edge.json
+    python bench/qdrant_engine.py --docs 10000 --queries 30 --out bench/results/qdrant_edge.json
 """
 
 from __future__ import annotations
