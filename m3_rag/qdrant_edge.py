@@ -45,7 +45,7 @@ from .search import Candidates, SearchBackend, SearchOptions, parse_options, run
 from .search.api import EncodedSearchMixin
 from .search.pipeline import exact_top
 from .types import MODES, Hit, M3Output, Record
-from .validation import check_ids, check_queries, check_query, check_rows, check_texts
+from .validation import check_ids, check_query, check_rows, check_texts
 
 if TYPE_CHECKING:  # pragma: no cover
     from .store import HybridStore
@@ -1136,24 +1136,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
         return self.search_batch([query], k=k, modes=modes, weights=weights, fusion=fusion, candidates=candidates,
                                  filter=filter, ids=ids, explain=explain)[0]
 
-    def search_batch(self, queries: Sequence[str], **kwargs: Any) -> list[list[Hit]]:
-        """:meth:`search` for many queries: one encoder call and batched engine requests."""
-        queries = check_queries(queries)
-        opts = self._options(kwargs)
-        if self._encoder is None:
-            raise ValueError(
-                "search() with text needs an encoder: open the store with QdrantEdgeStore(path, encoder=...), "
-                "or encode the query yourself and call search_encoded()"
-            )
-        if not queries:
-            return []
-        if len(self) == 0:
-            return [[] for _ in queries]
-        need = set(opts.modes)
-        encoded = self._encoder.encode_queries(
-            queries, dense="dense" in need, sparse="sparse" in need, colbert="colbert" in need, show_progress_bar=False
-        )
-        return self._search(encoded, opts)
+    _ENCODER_HINT = "open the store with QdrantEdgeStore(path, encoder=...)"  # search_batch comes from EncodedSearchMixin
 
     def _options(self, kwargs: Mapping[str, Any]) -> SearchOptions:
         return parse_options(self._modes or None, encoder=self._encoder, **kwargs)

@@ -545,28 +545,7 @@ class HybridStore(EncodedSearchMixin):
         return self.search_batch([query], k=k, modes=modes, weights=weights, fusion=fusion, candidates=candidates,
                                  filter=filter, ids=ids, explain=explain)[0]
 
-    def search_batch(self, queries: Sequence[str], **kwargs: Any) -> list[list[Hit]]:
-        """:meth:`search` for many queries: one encoder call, and dense/sparse matrix products
-        across queries. Takes the same keyword arguments."""
-        from .validation import check_queries
-
-        queries = check_queries(queries)
-        opts = self._options(kwargs)
-        if self._encoder is None:
-            raise ValueError(
-                "search() with text needs an encoder: load the store with HybridStore.load(path, encoder) or build it "
-                "with HybridStore(encoder=...), or encode the query yourself and call search_encoded()"
-            )
-        if not queries:
-            return []
-        if len(self) == 0:
-            return [[] for _ in queries]
-        need = set(opts.modes)
-        encoded = self._encoder.encode_queries(
-            queries, dense="dense" in need, sparse="sparse" in need, colbert="colbert" in need, show_progress_bar=False
-        )
-        return self._search(encoded, opts)
-
+    _ENCODER_HINT = "load the store with HybridStore.load(path, encoder) or build it with HybridStore(encoder=...)"  # search_batch comes from EncodedSearchMixin
 
     _OPTION_NAMES = OPTION_NAMES
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Mapping
 
 
 from ..types import Hit, M3Output
@@ -271,24 +271,7 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
             raise TypeError(f"query must be a str; got {type(query).__name__}. Use search_batch for a list.")
         return self.search_batch([query], **kwargs)[0]
 
-    def search_batch(self, queries: Sequence[str], **kwargs: Any) -> list[list[Hit]]:
-        """:meth:`search` for several queries, encoded in one call."""
-        from ..validation import check_queries
-
-        queries = check_queries(queries)
-        opts = self._options(kwargs)
-        if self._encoder is None:
-            raise ValueError("search needs an encoder; pass encoder= to QdrantHybridStore or use search_encoded")
-        if not queries:
-            return []
-        if not self._exists():
-            return [[] for _ in queries]
-        need = set(opts.modes)
-        encoded = self._encoder.encode_queries(
-            queries, dense="dense" in need, sparse="sparse" in need, colbert="colbert" in need, show_progress_bar=False
-        )
-        return self._search(encoded, opts)
-
+    _ENCODER_HINT = "open the collection with QdrantHybridStore(client_or_url_or_path, collection, encoder=...)"  # search_batch comes from EncodedSearchMixin
 
     # search_encoded / search_encoded_batch come from EncodedSearchMixin. Options are HybridStore's, plus
     # ``server_fusion``: run RRF/DBSF on the server (approximate, see the module docstring; ``None`` uses the

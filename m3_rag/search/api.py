@@ -1,9 +1,9 @@
-"""The encoded-query half of the store API, shared by every store: validation, then the store's own
+"""The query half of the store API, shared by every store: validation, query encoding, then the store's own
 ``_options`` (parse) and ``_search`` (run the pipeline on its backend)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from ..types import Hit, M3Output
 
@@ -11,8 +11,38 @@ __all__ = ["EncodedSearchMixin"]
 
 
 class EncodedSearchMixin:
-    """``search_encoded`` and ``search_encoded_batch`` for a store defining ``_options(kwargs)`` and
-    ``_search(queries, opts)``."""
+    """``search_batch``, ``search_encoded`` and ``search_encoded_batch`` for a store defining ``encoder``,
+    ``__len__``, ``_options(kwargs)`` and ``_search(queries, opts)``."""
+
+    #: How to give this store an encoder, quoted when a text search has none.
+    _ENCODER_HINT = "pass encoder= to the store"
+    encoder: Any
+
+    def __len__(self) -> int:  # pragma: no cover - every store defines it
+        raise NotImplementedError
+
+    def search_batch(self, queries: Sequence[str], **kwargs: Any) -> list[list[Hit]]:
+        """Search several text queries, encoded in one call (only the heads the requested modes need);
+        takes the same keyword arguments as ``search``, one hit list per query."""
+        from ..validation import check_queries
+
+        queries = check_queries(queries)
+        opts = self._options(kwargs)
+        encoder = self.encoder
+        if encoder is None:
+            raise ValueError(
+                f"search() with text needs an encoder: {self._ENCODER_HINT}, or encode the query yourself and call "
+                "search_encoded()"
+            )
+        if not queries:
+            return []
+        if len(self) == 0:
+            return [[] for _ in queries]
+        need = set(opts.modes)
+        encoded = encoder.encode_queries(
+            queries, dense="dense" in need, sparse="sparse" in need, colbert="colbert" in need, show_progress_bar=False
+        )
+        return self._search(encoded, opts)
 
     def _options(self, kwargs: Any) -> Any:  # pragma: no cover - every store defines it
         raise NotImplementedError
