@@ -381,62 +381,100 @@ class HybridStore(EncodedSearchMixin):
 
     def _commit(self, modes: tuple[str, ...], indexes: dict[str, ModeIndex], prepared: dict[str, Any],
                 ids: list[str], texts: Sequence[str | None], metas: list[dict]) -> None:
-        """Apply a prepared add under the write lock (upserted ids are tombstoned first)."""
-        for mode in modes:
-            indexes[mode].append(prepared[mode])
+        """Apply a prepared add under the write lock, all or nothing.
+
+        Every step that can fail builds new objects (the extended indexes, the bookkeeping, a compaction);
+        the dense FAISS append, which grows in place, comes last and is rolled back if it fails; then plain
+        assignments install the result. Upserted ids are tombstoned in the new bookkeeping.
+        """
+        n_old, n = len(self._slot_ids), len(ids)
+        upserted = [self._id_to_slot[i] for i in ids if i in self._id_to_slot]
+        alive = np.concatenate([self._alive, np.ones(n, dtype=bool)])
+        alive[upserted] = False
+        slot_ids = self._slot_ids + list(ids)
+        all_texts = self._texts + list(texts)
+        all_metas = self._metas + list(metas)
+        for slot in upserted:
+            all_texts[slot], all_metas[slot] = None, {}
+        n_dead = n_old + n - int(alive.sum())
+        if n_dead and n_dead > _COMPACT_FRACTION * (n_old + n):
+            keep = np.flatnonzero(alive)
+            new_indexes = {m: indexes[m].extended_compacted(prepared[m], keep) for m in modes}
+            slot_ids, all_texts, all_metas, alive = self._kept(keep, slot_ids, all_texts, all_metas)
+            id_to_slot = {doc_id: i for i, doc_id in enumerate(slot_ids)}
+        else:
+            new_indexes = {m: indexes[m] if m == "dense" else indexes[m].extended(prepared[m]) for m in modes}
+            id_to_slot = dict(self._id_to_slot)
+            id_to_slot.update((doc_id, n_old + j) for j, doc_id in enumerate(ids))
+            if "dense" in modes:
+                dense = new_indexes["dense"]
+                dense.append_or_rollback(prepared["dense"])
+                try:
+                    self._install(modes, new_indexes, slot_ids, all_texts, all_metas, alive, id_to_slot)
+                except BaseException:
+                    dense._rollback(n_old)
+                    raise
+                return
+        self._install(modes, new_indexes, slot_ids, all_texts, all_metas, alive, id_to_slot)
+
+    @staticmethod
+    def _kept(keep: np.ndarray, slot_ids: list[str], texts: list[str | None], metas: list[dict]
+              ) -> tuple[list[str], list[str | None], list[dict], np.ndarray]:
+        kl = keep.tolist()
+        return [slot_ids[i] for i in kl], [texts[i] for i in kl], [metas[i] for i in kl], np.ones(len(kl), dtype=bool)
+
+    def _install(self, modes: tuple[str, ...] | None, indexes: dict[str, ModeIndex], slot_ids: list[str],
+                 texts: list[str | None], metas: list[dict], alive: np.ndarray, id_to_slot: dict[str, int]) -> None:
+        """Swap in a complete new state (plain assignments only: cannot fail half way)."""
         self._modes, self._indexes = modes, indexes
-        self._delete_locked([i for i in ids if i in self._id_to_slot], compact=False)
-        start = len(self._slot_ids)
-        self._slot_ids.extend(ids)
-        self._texts.extend(texts)
-        self._metas.extend(metas)
-        self._alive = np.concatenate([self._alive, np.ones(len(ids), dtype=bool)])
-        for j, doc_id in enumerate(ids):
-            self._id_to_slot[doc_id] = start + j
-        self._maybe_compact()
+        self._slot_ids, self._texts, self._metas = slot_ids, texts, metas
+        self._alive, self._id_to_slot = alive, id_to_slot
 
     # ------------------------------------------------------------------ delete / get
     def delete(self, ids: Sequence[str]) -> int:
-        """Delete documents by id; unknown ids are ignored. Returns the number removed."""
+        """Delete documents by id; unknown ids are ignored. Returns the number removed.
+
+        All or nothing: the new bookkeeping (and a compaction, when due) is built before it is swapped in.
+        """
         ids_list = check_ids(ids)
         with self._lock.write():
-            return self._delete_locked(ids_list, compact=True)
+            return self._delete_locked(ids_list)
 
-    def _delete_locked(self, ids: list[str], *, compact: bool) -> int:
-        removed = 0
+    def _delete_locked(self, ids: list[str]) -> int:
+        slots = [self._id_to_slot[i] for i in dict.fromkeys(ids) if i in self._id_to_slot]
+        if not slots:
+            return 0
+        alive = self._alive.copy()
+        alive[slots] = False
+        texts, metas = list(self._texts), list(self._metas)
+        for slot in slots:
+            texts[slot], metas[slot] = None, {}
+        id_to_slot = dict(self._id_to_slot)
         for doc_id in ids:
-            slot = self._id_to_slot.pop(doc_id, None)
-            if slot is None:
-                continue
-            self._alive[slot] = False
-            self._texts[slot] = None
-            self._metas[slot] = {}
-            removed += 1
-        if removed and compact:
-            self._maybe_compact()
-        return removed
-
-    def _maybe_compact(self) -> None:
-        if self._n_dead and self._n_dead > _COMPACT_FRACTION * len(self._slot_ids):
-            self._compact()
+            id_to_slot.pop(doc_id, None)
+        slot_ids, indexes = self._slot_ids, self._indexes
+        n_dead = len(slot_ids) - len(id_to_slot)
+        if n_dead > _COMPACT_FRACTION * len(slot_ids):
+            keep = np.flatnonzero(alive)
+            indexes = {m: idx.compact(keep) for m, idx in indexes.items()}
+            slot_ids, texts, metas, alive = self._kept(keep, slot_ids, texts, metas)
+            id_to_slot = {doc_id: i for i, doc_id in enumerate(slot_ids)}
+        self._install(self._modes, indexes, slot_ids, texts, metas, alive, id_to_slot)
+        return len(slots)
 
     def _compact(self) -> None:
-        """Rebuild every index without the dead slots."""
+        """Rebuild every index without the dead slots (all built before the swap)."""
         keep = np.flatnonzero(self._alive)
         if len(keep) == len(self._slot_ids):
             return
         indexes = {m: idx.compact(keep) for m, idx in self._indexes.items()}
-        self._indexes = indexes
-        self._slot_ids = [self._slot_ids[i] for i in keep]
-        self._texts = [self._texts[i] for i in keep]
-        self._metas = [self._metas[i] for i in keep]
-        self._alive = np.ones(len(keep), dtype=bool)
-        self._id_to_slot = {doc_id: i for i, doc_id in enumerate(self._slot_ids)}
+        slot_ids, texts, metas, alive = self._kept(keep, self._slot_ids, self._texts, self._metas)
+        self._install(self._modes, indexes, slot_ids, texts, metas, alive, {d: i for i, d in enumerate(slot_ids)})
 
     def clear(self) -> None:
         """Remove every document and forget the modes and dimensions (the store is fresh again)."""
         with self._lock.write():
-            self._reset()
+            self._reset()  # plain assignments of fresh empty state
 
     def get(self, ids: Sequence[str]) -> list[Record]:
         """Records of the ids found, in the order asked (unknown ids are skipped)."""

@@ -77,6 +77,9 @@ class SparseIndex(ModeIndex):
     def prepare(self, rows: Any) -> sp.csc_matrix:
         return sparse_matrix(rows, "sparse", vocab_size=self.vocab_size).tocsc()
 
+    def _copy_state(self) -> None:
+        self._segs = self._segs.copy()
+
     def append(self, prepared: sp.csc_matrix) -> None:
         self._segs.append(prepared, prepared.shape[0])
 
