@@ -25,6 +25,7 @@ from .index.colbert import ColbertIndex
 from .index.dense import DenseIndex
 from .index.sparse import SparseIndex
 from .types import MODES
+from .validation import MAX_DEPTH, check_depth
 
 if TYPE_CHECKING:  # pragma: no cover
     from .store import HybridStore
@@ -34,6 +35,8 @@ __all__ = ["save_store", "load_store", "FORMAT_VERSION"]
 #: Version of the on-disk layout.
 FORMAT_VERSION = 1
 FORMAT_NAME = "m3-rag.HybridStore"
+#: The deepest JSON nesting accepted in store.json (a valid header nests 3 levels).
+HEADER_MAX_DEPTH = 8
 _INDEX_CLASSES = {"dense": DenseIndex, "sparse": SparseIndex, "colbert": ColbertIndex}
 
 
@@ -115,6 +118,7 @@ def _write(store: "HybridStore", folder: Path) -> None:
         "colbert_dim": store.colbert_dim, "colbert_dtype": store.colbert_dtype, "dense_index": store.dense_index,
         "hnsw_m": store.hnsw_m, "hnsw_ef_search": store.hnsw_ef_search,
         "hnsw_ef_construction": store.hnsw_ef_construction, "sparse_nnz": 0, "colbert_tokens": 0,
+        "sparse_dim": store.sparse_dim,
     }
     for mode, index in store._indexes.items():
         meta, arrays = index.to_arrays()
@@ -199,6 +203,11 @@ def _records(path: Path, load: Any, n: int) -> tuple[list, list, list]:
         records = json.loads(rec_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{rec_path} is corrupt: {exc}") from exc
+    except RecursionError:
+        raise ValueError(f"{rec_path} is corrupt: its JSON nests too deeply") from None
+    if not isinstance(records, dict):
+        raise ValueError(f"{rec_path}: expected an object with ids, texts and metadatas")
+    check_depth(records, str(rec_path), limit=MAX_DEPTH + 3)
     ids, texts, metas = records["ids"], records["texts"], records["metadatas"]
     if not (isinstance(ids, list) and isinstance(texts, list) and isinstance(metas, list)) or not (len(ids) == len(texts) == len(metas) == n):
         raise ValueError(f"{rec_path}: ids/texts/metadatas must be lists of {n} entries")
@@ -217,6 +226,9 @@ def _read_header(path: Path) -> dict[str, Any]:
         header = json.loads(header_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{header_path} is corrupt: {exc}") from exc
+    except RecursionError:
+        raise ValueError(f"{header_path} is corrupt: its JSON nests too deeply") from None
+    check_depth(header, str(header_path), limit=HEADER_MAX_DEPTH)
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise ValueError(f"{header_path} is not a HybridStore header (format {header.get('format') if isinstance(header, dict) else None!r})")
     version = header.get("format_version")
@@ -251,13 +263,18 @@ def _from_header(cls: type, path: Path, header: dict[str, Any], encoder: Any | N
         raise ValueError(f"{path}/store.json: count must be a non-negative int; got {n!r}")
     if n and not modes:
         raise ValueError(f"{path}/store.json: {n} documents but no modes")
+    if not isinstance(header["modes"], list):
+        raise ValueError(f"{path}/store.json: modes must be a list of mode names")
     files = header["files"]
-    if not isinstance(files, dict):
-        raise ValueError(f"{path}/store.json: files must be an object")
+    if not isinstance(files, dict) or not files:
+        raise ValueError(f"{path}/store.json: files must be a non-empty object (name -> checksum); got {files!r:.60}")
+    for name, meta in files.items():
+        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or not isinstance(meta.get("bytes"), int):
+            raise ValueError(f"{path}/store.json: the entry of {name!r} in files is malformed")
     store = cls(
         encoder, dense_index=header["dense_index"], hnsw_m=header["hnsw_m"], hnsw_ef_search=header["hnsw_ef_search"],
         hnsw_ef_construction=header.get("hnsw_ef_construction", 80), colbert_dtype=header["colbert_dtype"],
-        show_progress=show_progress,
+        show_progress=show_progress, sparse_dim=header.get("sparse_dim") if encoder is None else None,
     )
     store._saved_fingerprint = saved_fp
     load = _loader(path, files)
@@ -265,7 +282,10 @@ def _from_header(cls: type, path: Path, header: dict[str, Any], encoder: Any | N
     indexes = {}
     for mode in modes:
         try:
-            indexes[mode] = _INDEX_CLASSES[mode].from_arrays(header, load, n)
+            if mode == "sparse":
+                indexes[mode] = SparseIndex.from_arrays(header, load, n, vocab_size=store.sparse_dim)
+            else:
+                indexes[mode] = _INDEX_CLASSES[mode].from_arrays(header, load, n)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
     if encoder is not None:

@@ -33,7 +33,7 @@ from .search import Candidates, SearchBackend, SearchOptions, parse_options, run
 from .search.options import OPTION_NAMES
 from .types import MODES, Hit, M3Output, Record
 from .search.api import EncodedSearchMixin
-from .validation import check_ids, check_modes, check_query, check_rows, check_texts  # noqa: F401 (re-exported)
+from .validation import check_encoded, check_ids, check_modes, check_query, check_rows, check_sparse_dim, check_texts  # noqa: F401 (re-exported)
 
 __all__ = ["HybridStore", "DENSE_INDEXES", "COLBERT_DTYPES", "FORMAT_VERSION", "DEFAULT_WEIGHTS", "FUSIONS"]
 
@@ -184,6 +184,9 @@ class HybridStore(EncodedSearchMixin):
         colbert_dtype: ColBERT storage codec: ``"fp16"`` (default, 2 bytes/value), ``"fp32"`` or
             ``"int8"`` (1 byte/value + a float32 scale per token); see :data:`COLBERT_DTYPES`.
         show_progress: show the encoder's progress bar for large ``add`` calls.
+        sparse_dim: the vocabulary size bounding sparse token ids (ids must be ints in ``0 .. sparse_dim-1``);
+            default: the encoder's ``vocab_size``, or any id below 2**31 - 1 without an encoder. Memory never
+            grows with the largest id.
 
     The modes the store holds are fixed by the first add (a subset of :data:`m3_rag.MODES`).
     Document ids are strings; an existing id is upserted (the new version goes last in insertion
@@ -201,6 +204,7 @@ class HybridStore(EncodedSearchMixin):
         hnsw_ef_construction: int = 80,
         colbert_dtype: str = "fp16",
         show_progress: bool = True,
+        sparse_dim: int | None = None,
     ) -> None:
         if dense_index not in DENSE_INDEXES:
             raise ValueError(f"dense_index must be one of {', '.join(DENSE_INDEXES)}; got {dense_index!r}")
@@ -212,6 +216,7 @@ class HybridStore(EncodedSearchMixin):
         if encoder is not None and not hasattr(encoder, "encode_queries"):
             raise TypeError(f"encoder must be an m3_rag.M3Encoder; got {type(encoder).__name__}")
         self._encoder = encoder
+        self._sparse_dim = check_sparse_dim(sparse_dim, encoder)
         self.dense_index = dense_index
         self.hnsw_m = hnsw_m
         self.hnsw_ef_search = hnsw_ef_search
@@ -248,6 +253,11 @@ class HybridStore(EncodedSearchMixin):
         if self._encoder is not None:
             return self._encoder.fingerprint
         return self._saved_fingerprint
+
+    @property
+    def sparse_dim(self) -> int | None:
+        """The vocabulary size bounding sparse token ids (``None``: any id below 2**31 - 1)."""
+        return self._sparse_dim
 
     @property
     def dense_dim(self) -> int | None:
@@ -347,7 +357,7 @@ class HybridStore(EncodedSearchMixin):
             return DenseIndex(int(encoded.dense.shape[1]), self.dense_index, hnsw_m=self.hnsw_m,  # type: ignore[union-attr]
                               hnsw_ef_search=self.hnsw_ef_search, hnsw_ef_construction=self.hnsw_ef_construction)
         if mode == "sparse":
-            return SparseIndex()
+            return SparseIndex(self._sparse_dim)
         mats = encoded.colbert
         dim = next((int(m.shape[1]) for m in mats if m.shape[0] > 0), int(mats[0].shape[1]))  # type: ignore[union-attr,index]
         return ColbertIndex(dim, self.colbert_dtype)
@@ -366,9 +376,8 @@ class HybridStore(EncodedSearchMixin):
             modes = self._modes or encoded.modes
             if not modes:
                 raise ValueError("encoded holds no output (dense, sparse and colbert are all None)")
-            for mode in modes:
-                if getattr(encoded, mode) is None:
-                    raise ValueError(f"encoded has no {mode!r} output but the store holds {modes}; encode with {mode}=True")
+            check_encoded(encoded, modes, {"dense": self.dense_dim, "colbert": self.colbert_dim},
+                          sparse_dim=self._sparse_dim, fp16_colbert=self.colbert_dtype == "fp16")
             fresh = self._modes is None
             indexes = dict(self._indexes) if not fresh else {m: self._new_index(m, encoded) for m in modes}
             # Convert and validate outside the lock: the expensive part of an add, and it changes nothing.
@@ -436,7 +445,7 @@ class HybridStore(EncodedSearchMixin):
 
         All or nothing: the new bookkeeping (and a compaction, when due) is built before it is swapped in.
         """
-        ids_list = check_ids(ids)
+        ids_list = check_ids(ids, ordered=False)
         with self._lock.write():
             return self._delete_locked(ids_list)
 
@@ -585,7 +594,7 @@ class HybridStore(EncodedSearchMixin):
         with self._lock.read():
             if len(self._id_to_slot) == 0 or self._modes is None:
                 return [[] for _ in range(len(queries))]
-            check_query(queries, opts.modes, {"dense": self.dense_dim, "colbert": self.colbert_dim})
+            check_query(queries, opts.modes, {"dense": self.dense_dim, "colbert": self.colbert_dim}, self._sparse_dim)
             return run(_MemoryBackend(self), queries, opts)
 
     # ------------------------------------------------------------------ persistence

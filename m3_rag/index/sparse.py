@@ -28,6 +28,10 @@ def sparse_matrix(rows: Sequence[Mapping[int, float]], what: str = "sparse", dty
         raise TypeError(f"{what}: every row must be a dict[int, float] (token id -> weight): {exc}") from exc
     limit = vocab_size if vocab_size is not None else 2**31 - 1
     if total:
+        bad_types = {type(k) for r in rows for k in r} - {int, np.int64, np.int32, np.int16, np.int8, np.uint32,
+                                                          np.uint16, np.uint8, np.uint64}
+        if bad_types:
+            raise TypeError(f"{what}: token ids must be ints; got {', '.join(sorted(t.__name__ for t in bad_types))}")
         keys_ok = np.isfinite(keys_f) & (keys_f == np.floor(keys_f)) & (keys_f >= 0) & (keys_f < limit)
         if not np.all(keys_ok):
             bad = keys_f[~keys_ok]
