@@ -5,16 +5,21 @@ the sha256, size, shape and dtype of every file), ``records.json`` (ids, texts, 
 per-mode index's arrays (:meth:`m3_rag.index.ModeIndex.to_arrays`). Never pickle: ``np.save`` with
 ``allow_pickle=False``; FAISS HNSW graphs are FAISS's own serialisation as a ``uint8`` array.
 
-Saves are atomic: the files are written to a temporary sibling folder, fsynced, then swapped in by rename.
+Saves are atomic end to end (see :func:`save_store`): the files are written to a temporary sibling folder,
+fsynced, then swapped in by one atomic exchange of the two folders (or, without it, by two renames with a
+fallback on load), so the old or the new complete index is at the path at every instant.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import glob
 import hashlib
 import json
 import os
 import shutil
-import tempfile
+import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,6 +93,7 @@ class _Writer:
                 os.fsync(f.fileno())
             shape_l, dtype = list(a.shape), a.dtype.str
         self.files[name] = {"sha256": sha256_file(target), "bytes": target.stat().st_size, "shape": shape_l, "dtype": dtype}
+        _checkpoint(f"wrote {name}")
 
     def json(self, name: str, obj: Any) -> None:
         target = self.folder / name
@@ -97,6 +103,7 @@ class _Writer:
             f.flush()
             os.fsync(f.fileno())
         self.files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        _checkpoint(f"wrote {name}")
 
 
 def _check_target(path: Path) -> None:
@@ -135,29 +142,123 @@ def _write(store: "HybridStore", folder: Path) -> None:
         os.fsync(f.fileno())
 
 
+#: Test hook: called with the name of each step of :func:`save_store` (the kill-during-save test kills there).
+def _checkpoint(step: str) -> None:
+    pass
+
+
+#: Swap the new folder in with one atomic ``renameat2(RENAME_EXCHANGE)`` where the OS has it (Linux).
+_USE_EXCHANGE = True
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange the folders ``a`` and ``b``; ``False`` when the OS or file system cannot."""
+    if not _USE_EXCHANGE or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _siblings(path: Path, kind: str) -> list[Path]:
+    """``.NAME.tmp-PID-RAND`` / ``.NAME.old-PID-RAND`` folders next to ``path`` (our temporary folders)."""
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.{kind}-*"))
+
+
+def _owner_pid(folder: Path) -> int | None:
+    try:
+        return int(folder.name.rsplit(".", 1)[1].split("-")[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _clean_stale(path: Path) -> None:
+    """Remove temporary folders left by killed saves: every ``tmp`` folder whose process is gone, and every ``old``
+    folder once a complete store is at ``path`` (an ``old`` folder is the fallback only while ``path`` is missing)."""
+    for tmp in _siblings(path, "tmp"):
+        pid = _owner_pid(tmp)
+        if pid is None or not _pid_alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+    if (path / "store.json").is_file():
+        for old in _siblings(path, "old"):
+            pid = _owner_pid(old)
+            if pid is None or not _pid_alive(pid) or pid == os.getpid():
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def _fallback(path: Path) -> Path:
+    """``path``, or when nothing is there the previous version a save killed between its renames left aside."""
+    if path.exists():
+        return path
+    olds = [p for p in _siblings(path, "old") if (p / "store.json").is_file()]
+    return max(olds, key=lambda p: p.stat().st_mtime) if olds else path
+
+
 def save_store(store: "HybridStore", path: str | os.PathLike[str]) -> None:
     """Write ``store`` to the folder ``path`` atomically (compacting it first).
 
-    An existing folder at ``path`` is replaced only if it holds a saved HybridStore (or is empty).
+    At every instant a complete index is at ``path``, the old or the new one: the files are written and fsynced
+    in a temporary sibling folder, then swapped in with one atomic ``renameat2(RENAME_EXCHANGE)`` (Linux).
+    Where the OS lacks it, the old folder is renamed aside before the new one is renamed in, and
+    :func:`load_store` falls back to the old folder if a crash left nothing at ``path``. Temporary folders left
+    by killed saves are removed by the next save. An existing folder at ``path`` is replaced only if it holds a
+    saved HybridStore (or is empty).
     """
     path = Path(path)
     parent = path.parent
     parent.mkdir(parents=True, exist_ok=True)
     _check_target(path)
+    _clean_stale(path)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     with store._lock.write():
         store._compact()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
+        tmp = parent / f".{path.name}.tmp-{tag}"
+        tmp.mkdir()
+        _checkpoint("tmp-created")
         try:
             _write(store, tmp)
             _fsync_dir(tmp)
+            _checkpoint("written")
             if path.exists():
-                old = parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+                if _exchange(tmp, path):  # path now holds the new store, tmp the old one
+                    _fsync_dir(parent)
+                    _checkpoint("exchanged")
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    _checkpoint("old-removed")
+                    return
+                old = parent / f".{path.name}.old-{tag}"
                 os.rename(path, old)
+                _checkpoint("old-renamed")
                 os.rename(tmp, path)
+                _fsync_dir(parent)
+                _checkpoint("new-renamed")
                 shutil.rmtree(old, ignore_errors=True)
+                _checkpoint("old-removed")
             else:
                 os.rename(tmp, path)
-            _fsync_dir(parent)
+                _fsync_dir(parent)
+                _checkpoint("new-renamed")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -239,7 +340,7 @@ def _read_header(path: Path) -> dict[str, Any]:
 
 def load_store(cls: type, path: str | os.PathLike[str], encoder: Any | None = None, *, show_progress: bool = True) -> Any:
     """Load a store written by :func:`save_store` (see :meth:`m3_rag.HybridStore.load`)."""
-    path = Path(path)
+    path = _fallback(Path(path))
     header = _read_header(path)
     try:
         return _from_header(cls, path, header, encoder, show_progress)
@@ -255,6 +356,8 @@ def _from_header(cls: type, path: Path, header: dict[str, Any], encoder: Any | N
             f"fingerprint {encoder.fingerprint} ({getattr(encoder, 'name', '?')}). Load it with the same model, "
             "or re-index the documents with this one."
         )
+    if not isinstance(header["modes"], list):
+        raise ValueError(f"{path}/store.json: modes must be a list of mode names")
     modes = tuple(header["modes"])
     if any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
         raise ValueError(f"{path}/store.json lists unknown modes or a mode twice: {modes}")
@@ -263,8 +366,6 @@ def _from_header(cls: type, path: Path, header: dict[str, Any], encoder: Any | N
         raise ValueError(f"{path}/store.json: count must be a non-negative int; got {n!r}")
     if n and not modes:
         raise ValueError(f"{path}/store.json: {n} documents but no modes")
-    if not isinstance(header["modes"], list):
-        raise ValueError(f"{path}/store.json: modes must be a list of mode names")
     files = header["files"]
     if not isinstance(files, dict) or not files:
         raise ValueError(f"{path}/store.json: files must be a non-empty object (name -> checksum); got {files!r:.60}")
