@@ -259,6 +259,7 @@ def save_store(store: "HybridStore", path: str | os.PathLike[str]) -> None:
                 os.rename(tmp, path)
                 _fsync_dir(parent)
                 _checkpoint("new-renamed")
+                _clean_stale(path)  # a save killed between its renames left its old folder as the fallback
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
