@@ -385,7 +385,9 @@ class HybridStore(EncodedSearchMixin):
             with self._lock.write():
                 if (self._modes is None) != fresh:
                     continue  # another thread fixed the modes meanwhile: prepare again against them
-                self._commit(tuple(modes), indexes, prepared, ids, texts, metas)
+                # the live indexes, not the snapshot: another writer may have swapped in new ones meanwhile
+                # (prepared rows depend only on settings fixed by the first add: dimensions, codec)
+                self._commit(tuple(modes), indexes if fresh else self._indexes, prepared, ids, texts, metas)
                 return ids
 
     def _commit(self, modes: tuple[str, ...], indexes: dict[str, ModeIndex], prepared: dict[str, Any],
