@@ -345,7 +345,7 @@ def load_store(cls: type, path: str | os.PathLike[str], encoder: Any | None = No
     header = _read_header(path)
     try:
         return _from_header(cls, path, header, encoder, show_progress)
-    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+    except (KeyError, TypeError, IndexError, AttributeError, OverflowError) as exc:
         raise ValueError(f"{path}/store.json is malformed or inconsistent: {type(exc).__name__}: {exc}") from exc
 
 

@@ -211,8 +211,8 @@ class HybridStore(EncodedSearchMixin):
         if colbert_dtype not in COLBERT_DTYPES:
             raise ValueError(f"colbert_dtype must be one of {', '.join(COLBERT_DTYPES)}; got {colbert_dtype!r}")
         for name, val in (("hnsw_m", hnsw_m), ("hnsw_ef_search", hnsw_ef_search), ("hnsw_ef_construction", hnsw_ef_construction)):
-            if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
-                raise ValueError(f"{name} must be a positive int; got {val!r}")
+            if not isinstance(val, int) or isinstance(val, bool) or not 0 < val <= 2**31 - 1:
+                raise ValueError(f"{name} must be a positive int below 2**31; got {val!r}")
         if encoder is not None and not hasattr(encoder, "encode_queries"):
             raise TypeError(f"encoder must be an m3_rag.M3Encoder; got {type(encoder).__name__}")
         self._encoder = encoder
