@@ -1,7 +1,7 @@
 """8 searcher threads and 2 writer threads on every backend: no exception, no document returned by a search that
 started after its delete returned, every score belonging to its id, and a consistent ``len``/``ids`` at the end.
 
-Each backend runs ``M3RAG_STRESS_SECONDS`` seconds (default 4, to keep CI short; the issue's probe ran 60)."""
+Each backend runs ``M3RAG_STRESS_SECONDS`` seconds (default 10, 20 s for both, to keep CI short; the issue's probe ran 60)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from m3_rag.store import HybridStore
 from test_store import make_encoded, make_query
 
-SECONDS = float(os.environ.get("M3RAG_STRESS_SECONDS", "4"))
+SECONDS = float(os.environ.get("M3RAG_STRESS_SECONDS", "10"))
 N_SEARCHERS, N_WRITERS = 8, 2
 
 

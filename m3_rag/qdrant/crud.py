@@ -49,6 +49,7 @@ class CrudMixin:
     _seq_lock: threading.Lock
     _sparse_dim: int | None
 
+    @serialised
     def _exists(self) -> bool:
         return bool(self._modes) and self.client.collection_exists(self.collection)
 
