@@ -282,3 +282,26 @@ def test_sparse_ids_beyond_saved_sparse_dim_refused_on_load(tmp_path):
     _edit_header(tmp_path / "s", sparse_dim=10)
     with pytest.raises(ValueError, match="token ids >= 10"):
         HybridStore.load(tmp_path / "s")
+
+
+@pytest.mark.parametrize("bad", [
+    M3Output(dense=np.zeros((1, 0), np.float32), sparse=[{}], colbert=[np.ones((1, DC), np.float32)]),
+    M3Output(dense=np.ones((1, D), np.float32), sparse=[{}], colbert=[np.zeros((2, 0), np.float32)]),
+])
+def test_zero_dimensions_refused_by_every_store(store, bad):
+    before = store.ids()
+    with pytest.raises(ValueError, match="dimension"):
+        store.add_encoded(bad, ids=["zero"])
+    assert store.ids() == before
+
+
+def test_zero_dense_dimension_on_a_fresh_qdrant_collection():
+    pytest.importorskip("qdrant_client")
+    from m3_rag.qdrant import QdrantHybridStore
+
+    with QdrantHybridStore(":memory:", "fresh", show_progress=False) as q:
+        with pytest.raises(ValueError, match="dense dimension must be a positive int"):
+            q.add_encoded(M3Output(dense=np.zeros((1, 0), np.float32)))
+        assert q.modes == () and len(q) == 0
+        q.add_encoded(make_encoded(np.random.default_rng(0), 2), ids=["a", "b"])
+        assert len(q) == 2 and q._dims["dense"] == D
