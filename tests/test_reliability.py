@@ -46,7 +46,8 @@ def _write_report() -> None:
 atexit.register(_write_report)
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+                database=None)
 
 # ----------------------------------------------------------------------------------------------- strategies
 weird_floats = st.one_of(
@@ -221,7 +222,8 @@ def test_fuzz_delete_get_export(ids, op):
 
 
 # ----------------------------------------------------------------------------------------------- fuzz: encoder
-@settings(max_examples=max(10, EXAMPLES // 3), deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=max(10, EXAMPLES // 3), deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+          database=None)
 @given(items=st.one_of(st.lists(texts, max_size=4), texts, st.lists(st.one_of(texts, st.integers(), st.none()), max_size=3),
                        st.none(), st.integers()),
        max_length=st.one_of(st.none(), st.integers(-1, 40)))
