@@ -314,14 +314,51 @@ def read_documents(
 
 
 # ----------------------------------------------------------------------------------------------- commands
+def _is_m3_index(folder: Path) -> bool:
+    """Whether ``folder`` holds a saved m3-rag index (a ``store.json`` with the HybridStore format name)."""
+    from .persistence import FORMAT_NAME
+
+    header = folder / "store.json"
+    if not header.is_file():
+        return False
+    try:
+        return json.loads(header.read_text(encoding="utf-8")).get("format") == FORMAT_NAME
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, RecursionError):
+        return False
+
+
+def _check_index_out(out: Path, inp: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` that would destroy anything but an m3-rag index: the input folder itself, a folder
+    inside it or holding it, a file, or a non-empty folder that is not an index (even with ``--overwrite``)."""
+    o, i = out.expanduser().resolve(), inp.expanduser().resolve()
+    if o == i or i in o.parents:
+        raise CLIError(f"--out {out} is {'the input folder' if o == i else 'inside the input folder'} {inp}; "
+                       "write the index outside the documents")
+    if o in i.parents:
+        raise CLIError(f"--out {out} contains the input {inp}; replacing it would delete the documents")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise CLIError(f"--out {out} is a file, not a folder; choose another --out")
+    if not any(out.iterdir()):
+        return
+    if not _is_m3_index(out):
+        raise CLIError(
+            f"--out {out} is not empty and is not an m3-rag index; refusing to replace it"
+            + (" even with --overwrite (it only replaces an existing m3-rag index)" if overwrite else "")
+            + ". Choose an empty or new folder."
+        )
+    if not overwrite:
+        raise CLIError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
+
+
 def _cmd_index(args: argparse.Namespace) -> int:
     from ._progress import tqdm
 
     from .store import HybridStore
 
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        raise CLIError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
+    _check_index_out(out, Path(args.input), args.overwrite)
     skipped: list[tuple[str, str]] = []
     docs = read_documents(args.input, encoding=args.encoding, on_error=args.on_error, skipped=skipped)
     ids: list[str] = []
@@ -350,11 +387,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
             end = start + step
             store.add(texts[start:end], ids=ids[start:end], metadatas=metas[start:end], batch_size=args.batch_size)
             bar.update(len(texts[start:end]))
-    if out.exists() and args.overwrite:
-        import shutil
-
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    store.save(out)
+    store.save(out)  # replaces an existing index atomically (the old one stays complete until the swap)
     model = args.model or DEFAULT_MODEL
     if Path(model).expanduser().exists():
         model = str(Path(model).expanduser().resolve())
@@ -616,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-words", type=_positive_int, default=DEFAULT_CHUNK_WORDS, help="most words per chunk (default %(default)s)")
     p.add_argument("--overlap", type=int, default=None, help="words shared by consecutive windows of a long paragraph (default: a fifth of --chunk-words)")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="texts per forward pass (default %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds an m3-rag index (anything else is refused)")
     p.add_argument("--encoding", default="utf-8", help="text encoding of the input files (default %(default)s)")
     p.add_argument(
         "--on-error",

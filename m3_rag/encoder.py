@@ -16,6 +16,7 @@ import torch
 from ._progress import tqdm
 
 from .types import M3Output
+from .validation import check_utf8
 
 __all__ = ["M3Encoder", "ModelNotFoundError", "MissingHeadError", "resolve_model_path"]
 
@@ -677,13 +678,14 @@ class M3Encoder:
     @staticmethod
     def _check_texts(texts: str | Sequence[str]) -> list[str]:
         if isinstance(texts, str):
-            return [texts]
+            return [check_utf8(texts, "text")]
         if texts is None or not isinstance(texts, (list, tuple)) and not hasattr(texts, "__iter__"):
             raise TypeError(f"texts must be a string or a list of strings; got {type(texts).__name__}")
         items = list(texts)
         for i, t in enumerate(items):
             if not isinstance(t, str):
                 raise TypeError(f"texts[{i}] must be a str; got {type(t).__name__} ({t!r:.50})")
+            check_utf8(t, f"texts[{i}]")  # the tokenizer's bare TypeError otherwise
         return items
 
     def _effective_max_length(self, max_length: int | None, default: int) -> int:

@@ -33,6 +33,9 @@ FILTER_OPERATORS: tuple[str, ...] = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte",
 #: Logical operators, allowed only as top-level keys of a filter dict.
 LOGICAL_OPERATORS: tuple[str, ...] = ("$and", "$or", "$not")
 
+#: The deepest nesting of dicts and lists accepted in a filter (``ValueError`` beyond).
+FILTER_MAX_DEPTH = 100
+
 Predicate = Callable[[Mapping[str, Any]], bool]
 _MISSING = object()
 _ORDER = {"$gt": operator.gt, "$gte": operator.ge, "$lt": operator.lt, "$lte": operator.le}
@@ -139,7 +142,9 @@ def _compile(spec: Any, where: str) -> Predicate:
 def compile_filter(filter: Mapping[str, Any] | Callable[[dict], bool] | None) -> Predicate | None:
     """Validate a filter and return a predicate ``metadata -> bool`` (``None`` for no filter).
 
-    A callable is returned wrapped so its result is converted to ``bool``. A dict is checked
+    A callable is returned wrapped so its result is converted to ``bool`` and it receives a read-only view of
+    the metadata (:func:`m3_rag.validation.readonly_metadata`). A dict nested deeper than
+    :data:`FILTER_MAX_DEPTH` raises ``ValueError``. A dict is checked
     fully up front: unknown operators and malformed operands raise ``ValueError``/``TypeError``
     even when no document would reach them.
 
@@ -149,9 +154,12 @@ def compile_filter(filter: Mapping[str, Any] | Callable[[dict], bool] | None) ->
     """
     if filter is None:
         return None
+    from .validation import check_depth, readonly_metadata
+
     if callable(filter) and not isinstance(filter, Mapping):
         fn = filter
-        return lambda md: bool(fn(md))
+        return lambda md: bool(fn(readonly_metadata(md)))  # the callable cannot change the stored metadata
+    check_depth(filter, "filter", limit=FILTER_MAX_DEPTH)
     return _compile(filter, "filter")
 
 

@@ -207,4 +207,6 @@ def resolve_weights(
         out[m] = f
     if fusion == "weighted" and not sum(out.values()) > 0:
         raise ValueError(f"weighted fusion needs weights with a positive sum; got {out}")
+    if not math.isfinite(sum(out.values())):
+        raise ValueError(f"weights must have a finite sum (scale them down, e.g. to sum to 1); got {out}")
     return out

@@ -5,16 +5,21 @@ the sha256, size, shape and dtype of every file), ``records.json`` (ids, texts, 
 per-mode index's arrays (:meth:`m3_rag.index.ModeIndex.to_arrays`). Never pickle: ``np.save`` with
 ``allow_pickle=False``; FAISS HNSW graphs are FAISS's own serialisation as a ``uint8`` array.
 
-Saves are atomic: the files are written to a temporary sibling folder, fsynced, then swapped in by rename.
+Saves are atomic end to end (see :func:`save_store`): the files are written to a temporary sibling folder,
+fsynced, then swapped in by one atomic exchange of the two folders (or, without it, by two renames with a
+fallback on load), so the old or the new complete index is at the path at every instant.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import glob
 import hashlib
 import json
 import os
 import shutil
-import tempfile
+import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -25,6 +30,7 @@ from .index.colbert import ColbertIndex
 from .index.dense import DenseIndex
 from .index.sparse import SparseIndex
 from .types import MODES
+from .validation import MAX_DEPTH, check_depth
 
 if TYPE_CHECKING:  # pragma: no cover
     from .store import HybridStore
@@ -34,6 +40,8 @@ __all__ = ["save_store", "load_store", "check_fingerprint", "FORMAT_VERSION"]
 #: Version of the on-disk layout.
 FORMAT_VERSION = 1
 FORMAT_NAME = "m3-rag.HybridStore"
+#: The deepest JSON nesting accepted in store.json (a valid header nests 3 levels).
+HEADER_MAX_DEPTH = 8
 _INDEX_CLASSES = {"dense": DenseIndex, "sparse": SparseIndex, "colbert": ColbertIndex}
 
 
@@ -96,6 +104,7 @@ class _Writer:
                 os.fsync(f.fileno())
             shape_l, dtype = list(a.shape), a.dtype.str
         self.files[name] = {"sha256": sha256_file(target), "bytes": target.stat().st_size, "shape": shape_l, "dtype": dtype}
+        _checkpoint(f"wrote {name}")
 
     def json(self, name: str, obj: Any) -> None:
         target = self.folder / name
@@ -105,6 +114,7 @@ class _Writer:
             f.flush()
             os.fsync(f.fileno())
         self.files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        _checkpoint(f"wrote {name}")
 
 
 def _check_target(path: Path) -> None:
@@ -134,6 +144,7 @@ def _write(store: "HybridStore", folder: Path) -> None:
         "hnsw_m": store.hnsw_m, "hnsw_ef_search": store.hnsw_ef_search,
         "hnsw_ef_construction": store.hnsw_ef_construction, "sparse_nnz": 0, "colbert_tokens": 0,
         "colbert_pool_factor": store.colbert_pool_factor,
+        "sparse_dim": store.sparse_dim,
     }
     for mode, index in store._indexes.items():
         meta, arrays = index.to_arrays()
@@ -150,29 +161,124 @@ def _write(store: "HybridStore", folder: Path) -> None:
         os.fsync(f.fileno())
 
 
+#: Test hook: called with the name of each step of :func:`save_store` (the kill-during-save test kills there).
+def _checkpoint(step: str) -> None:
+    pass
+
+
+#: Swap the new folder in with one atomic ``renameat2(RENAME_EXCHANGE)`` where the OS has it (Linux).
+_USE_EXCHANGE = True
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange the folders ``a`` and ``b``; ``False`` when the OS or file system cannot."""
+    if not _USE_EXCHANGE or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _siblings(path: Path, kind: str) -> list[Path]:
+    """``.NAME.tmp-PID-RAND`` / ``.NAME.old-PID-RAND`` folders next to ``path`` (our temporary folders)."""
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.{kind}-*"))
+
+
+def _owner_pid(folder: Path) -> int | None:
+    try:
+        return int(folder.name.rsplit(".", 1)[1].split("-")[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _clean_stale(path: Path) -> None:
+    """Remove temporary folders left by killed saves: every ``tmp`` folder whose process is gone, and every ``old``
+    folder once a complete store is at ``path`` (an ``old`` folder is the fallback only while ``path`` is missing)."""
+    for tmp in _siblings(path, "tmp"):
+        pid = _owner_pid(tmp)
+        if pid is None or not _pid_alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+    if (path / "store.json").is_file():
+        for old in _siblings(path, "old"):
+            pid = _owner_pid(old)
+            if pid is None or not _pid_alive(pid) or pid == os.getpid():
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def _fallback(path: Path) -> Path:
+    """``path``, or when nothing is there the previous version a save killed between its renames left aside."""
+    if path.exists():
+        return path
+    olds = [p for p in _siblings(path, "old") if (p / "store.json").is_file()]
+    return max(olds, key=lambda p: p.stat().st_mtime) if olds else path
+
+
 def save_store(store: "HybridStore", path: str | os.PathLike[str]) -> None:
     """Write ``store`` to the folder ``path`` atomically (compacting it first).
 
-    An existing folder at ``path`` is replaced only if it holds a saved HybridStore (or is empty).
+    At every instant a complete index is at ``path``, the old or the new one: the files are written and fsynced
+    in a temporary sibling folder, then swapped in with one atomic ``renameat2(RENAME_EXCHANGE)`` (Linux).
+    Where the OS lacks it, the old folder is renamed aside before the new one is renamed in, and
+    :func:`load_store` falls back to the old folder if a crash left nothing at ``path``. Temporary folders left
+    by killed saves are removed by the next save. An existing folder at ``path`` is replaced only if it holds a
+    saved HybridStore (or is empty).
     """
     path = Path(path)
     parent = path.parent
     parent.mkdir(parents=True, exist_ok=True)
     _check_target(path)
+    _clean_stale(path)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     with store._lock.write():
         store._compact()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
+        tmp = parent / f".{path.name}.tmp-{tag}"
+        tmp.mkdir()
+        _checkpoint("tmp-created")
         try:
             _write(store, tmp)
             _fsync_dir(tmp)
+            _checkpoint("written")
             if path.exists():
-                old = parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+                if _exchange(tmp, path):  # path now holds the new store, tmp the old one
+                    _fsync_dir(parent)
+                    _checkpoint("exchanged")
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    _checkpoint("old-removed")
+                    return
+                old = parent / f".{path.name}.old-{tag}"
                 os.rename(path, old)
+                _checkpoint("old-renamed")
                 os.rename(tmp, path)
+                _fsync_dir(parent)
+                _checkpoint("new-renamed")
                 shutil.rmtree(old, ignore_errors=True)
+                _checkpoint("old-removed")
             else:
                 os.rename(tmp, path)
-            _fsync_dir(parent)
+                _fsync_dir(parent)
+                _checkpoint("new-renamed")
+                _clean_stale(path)  # a save killed between its renames left its old folder as the fallback
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -218,6 +324,11 @@ def _records(path: Path, load: Any, n: int) -> tuple[list, list, list]:
         records = json.loads(rec_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{rec_path} is corrupt: {exc}") from exc
+    except RecursionError:
+        raise ValueError(f"{rec_path} is corrupt: its JSON nests too deeply") from None
+    if not isinstance(records, dict):
+        raise ValueError(f"{rec_path}: expected an object with ids, texts and metadatas")
+    check_depth(records, str(rec_path), limit=MAX_DEPTH + 3)
     ids, texts, metas = records["ids"], records["texts"], records["metadatas"]
     if not (isinstance(ids, list) and isinstance(texts, list) and isinstance(metas, list)) or not (len(ids) == len(texts) == len(metas) == n):
         raise ValueError(f"{rec_path}: ids/texts/metadatas must be lists of {n} entries")
@@ -236,6 +347,9 @@ def _read_header(path: Path) -> dict[str, Any]:
         header = json.loads(header_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{header_path} is corrupt: {exc}") from exc
+    except RecursionError:
+        raise ValueError(f"{header_path} is corrupt: its JSON nests too deeply") from None
+    check_depth(header, str(header_path), limit=HEADER_MAX_DEPTH)
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise ValueError(f"{header_path} is not a HybridStore header (format {header.get('format') if isinstance(header, dict) else None!r})")
     version = header.get("format_version")
@@ -246,17 +360,19 @@ def _read_header(path: Path) -> dict[str, Any]:
 
 def load_store(cls: type, path: str | os.PathLike[str], encoder: Any | None = None, *, show_progress: bool = True) -> Any:
     """Load a store written by :func:`save_store` (see :meth:`m3_rag.HybridStore.load`)."""
-    path = Path(path)
+    path = _fallback(Path(path))
     header = _read_header(path)
     try:
         return _from_header(cls, path, header, encoder, show_progress)
-    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+    except (KeyError, TypeError, IndexError, AttributeError, OverflowError) as exc:
         raise ValueError(f"{path}/store.json is malformed or inconsistent: {type(exc).__name__}: {exc}") from exc
 
 
 def _from_header(cls: type, path: Path, header: dict[str, Any], encoder: Any | None, show_progress: bool) -> Any:
     saved_fp = header["fingerprint"]
     check_fingerprint(path, saved_fp, encoder)
+    if not isinstance(header["modes"], list):
+        raise ValueError(f"{path}/store.json: modes must be a list of mode names")
     modes = tuple(header["modes"])
     if any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
         raise ValueError(f"{path}/store.json lists unknown modes or a mode twice: {modes}")
@@ -266,12 +382,16 @@ def _from_header(cls: type, path: Path, header: dict[str, Any], encoder: Any | N
     if n and not modes:
         raise ValueError(f"{path}/store.json: {n} documents but no modes")
     files = header["files"]
-    if not isinstance(files, dict):
-        raise ValueError(f"{path}/store.json: files must be an object")
+    if not isinstance(files, dict) or not files:
+        raise ValueError(f"{path}/store.json: files must be a non-empty object (name -> checksum); got {files!r:.60}")
+    for name, meta in files.items():
+        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or not isinstance(meta.get("bytes"), int):
+            raise ValueError(f"{path}/store.json: the entry of {name!r} in files is malformed")
     store = cls(
         encoder, dense_index=header["dense_index"], hnsw_m=header["hnsw_m"], hnsw_ef_search=header["hnsw_ef_search"],
         hnsw_ef_construction=header.get("hnsw_ef_construction", 80), colbert_dtype=header["colbert_dtype"],
         show_progress=show_progress, colbert_pool_factor=_pool_factor(path, header),
+        sparse_dim=header.get("sparse_dim") if encoder is None else None,
     )
     store._saved_fingerprint = saved_fp
     load = _loader(path, files)
@@ -279,7 +399,10 @@ def _from_header(cls: type, path: Path, header: dict[str, Any], encoder: Any | N
     indexes = {}
     for mode in modes:
         try:
-            indexes[mode] = _INDEX_CLASSES[mode].from_arrays(header, load, n)
+            if mode == "sparse":
+                indexes[mode] = SparseIndex.from_arrays(header, load, n, vocab_size=store.sparse_dim)
+            else:
+                indexes[mode] = _INDEX_CLASSES[mode].from_arrays(header, load, n)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
     if encoder is not None:

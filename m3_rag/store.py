@@ -34,7 +34,7 @@ from .search import Candidates, SearchBackend, SearchOptions, parse_options, run
 from .search.options import OPTION_NAMES
 from .types import MODES, Hit, M3Output, Record
 from .search.api import EncodedSearchMixin
-from .validation import check_ids, check_modes, check_query, check_rows, check_texts  # noqa: F401 (re-exported)
+from .validation import check_encoded, check_ids, check_modes, check_query, check_rows, check_sparse_dim, check_texts  # noqa: F401 (re-exported)
 
 __all__ = ["HybridStore", "DENSE_INDEXES", "COLBERT_DTYPES", "FORMAT_VERSION", "DEFAULT_WEIGHTS", "FUSIONS"]
 
@@ -192,6 +192,9 @@ class HybridStore(EncodedSearchMixin):
         colbert_pool_factor: store each document's ColBERT tokens as at most ``ceil(n / factor)`` Ward-cluster
             means (:mod:`m3_rag.index.pooling`); ``1`` (default) keeps every token. Queries are never pooled.
         show_progress: show the encoder's progress bar for large ``add`` calls.
+        sparse_dim: the vocabulary size bounding sparse token ids (ids must be ints in ``0 .. sparse_dim-1``);
+            default: the encoder's ``vocab_size``, or any id below 2**31 - 1 without an encoder. Memory never
+            grows with the largest id.
 
     The modes the store holds are fixed by the first add (a subset of :data:`m3_rag.MODES`).
     Document ids are strings; an existing id is upserted (the new version goes last in insertion
@@ -211,6 +214,7 @@ class HybridStore(EncodedSearchMixin):
         show_progress: bool = True,
         colbert_storage: str | None = None,
         colbert_pool_factor: int = 1,
+        sparse_dim: int | None = None,
     ) -> None:
         if colbert_storage is not None:
             if colbert_dtype not in ("fp16", colbert_storage):
@@ -223,11 +227,12 @@ class HybridStore(EncodedSearchMixin):
         if colbert_dtype not in COLBERT_DTYPES:
             raise ValueError(f"colbert_dtype must be one of {', '.join(COLBERT_DTYPES)}; got {colbert_dtype!r}")
         for name, val in (("hnsw_m", hnsw_m), ("hnsw_ef_search", hnsw_ef_search), ("hnsw_ef_construction", hnsw_ef_construction)):
-            if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
-                raise ValueError(f"{name} must be a positive int; got {val!r}")
+            if not isinstance(val, int) or isinstance(val, bool) or not 0 < val <= 2**31 - 1:
+                raise ValueError(f"{name} must be a positive int below 2**31; got {val!r}")
         if encoder is not None and not hasattr(encoder, "encode_queries"):
             raise TypeError(f"encoder must be an m3_rag.M3Encoder; got {type(encoder).__name__}")
         self._encoder = encoder
+        self._sparse_dim = check_sparse_dim(sparse_dim, encoder)
         self.dense_index = dense_index
         self.hnsw_m = hnsw_m
         self.hnsw_ef_search = hnsw_ef_search
@@ -265,6 +270,11 @@ class HybridStore(EncodedSearchMixin):
         if self._encoder is not None:
             return self._encoder.fingerprint
         return self._saved_fingerprint
+
+    @property
+    def sparse_dim(self) -> int | None:
+        """The vocabulary size bounding sparse token ids (``None``: any id below 2**31 - 1)."""
+        return self._sparse_dim
 
     @property
     def dense_dim(self) -> int | None:
@@ -379,7 +389,7 @@ class HybridStore(EncodedSearchMixin):
             return DenseIndex(int(encoded.dense.shape[1]), self.dense_index, hnsw_m=self.hnsw_m,  # type: ignore[union-attr]
                               hnsw_ef_search=self.hnsw_ef_search, hnsw_ef_construction=self.hnsw_ef_construction)
         if mode == "sparse":
-            return SparseIndex()
+            return SparseIndex(self._sparse_dim)
         mats = encoded.colbert
         dim = next((int(m.shape[1]) for m in mats if m.shape[0] > 0), int(mats[0].shape[1]))  # type: ignore[union-attr,index]
         return ColbertIndex(dim, self.colbert_dtype, self.colbert_pool_factor)
@@ -398,9 +408,8 @@ class HybridStore(EncodedSearchMixin):
             modes = self._modes or encoded.modes
             if not modes:
                 raise ValueError("encoded holds no output (dense, sparse and colbert are all None)")
-            for mode in modes:
-                if getattr(encoded, mode) is None:
-                    raise ValueError(f"encoded has no {mode!r} output but the store holds {modes}; encode with {mode}=True")
+            check_encoded(encoded, modes, {"dense": self.dense_dim, "colbert": self.colbert_dim},
+                          sparse_dim=self._sparse_dim, fp16_colbert=self.colbert_dtype == "fp16")
             fresh = self._modes is None
             indexes = dict(self._indexes) if not fresh else {m: self._new_index(m, encoded) for m in modes}
             # Convert and validate outside the lock: the expensive part of an add, and it changes nothing.
@@ -408,67 +417,107 @@ class HybridStore(EncodedSearchMixin):
             with self._lock.write():
                 if (self._modes is None) != fresh:
                     continue  # another thread fixed the modes meanwhile: prepare again against them
-                self._commit(tuple(modes), indexes, prepared, ids, texts, metas)
+                # the live indexes, not the snapshot: another writer may have swapped in new ones meanwhile
+                # (prepared rows depend only on settings fixed by the first add: dimensions, codec)
+                self._commit(tuple(modes), indexes if fresh else self._indexes, prepared, ids, texts, metas)
                 return ids
 
     def _commit(self, modes: tuple[str, ...], indexes: dict[str, ModeIndex], prepared: dict[str, Any],
                 ids: list[str], texts: Sequence[str | None], metas: list[dict]) -> None:
-        """Apply a prepared add under the write lock (upserted ids are tombstoned first)."""
-        for mode in modes:
-            indexes[mode].append(prepared[mode])
+        """Apply a prepared add under the write lock, all or nothing.
+
+        Every step that can fail builds new objects (the extended indexes, the bookkeeping, a compaction);
+        the dense FAISS append, which grows in place, comes last and is rolled back if it fails; then plain
+        assignments install the result. Upserted ids are tombstoned in the new bookkeeping.
+        """
+        n_old, n = len(self._slot_ids), len(ids)
+        upserted = [self._id_to_slot[i] for i in ids if i in self._id_to_slot]
+        alive = np.concatenate([self._alive, np.ones(n, dtype=bool)])
+        alive[upserted] = False
+        slot_ids = self._slot_ids + list(ids)
+        all_texts = self._texts + list(texts)
+        all_metas = self._metas + list(metas)
+        for slot in upserted:
+            all_texts[slot], all_metas[slot] = None, {}
+        n_dead = n_old + n - int(alive.sum())
+        if n_dead and n_dead > _COMPACT_FRACTION * (n_old + n):
+            keep = np.flatnonzero(alive)
+            new_indexes = {m: indexes[m].extended_compacted(prepared[m], keep) for m in modes}
+            slot_ids, all_texts, all_metas, alive = self._kept(keep, slot_ids, all_texts, all_metas)
+            id_to_slot = {doc_id: i for i, doc_id in enumerate(slot_ids)}
+        else:
+            new_indexes = {m: indexes[m] if m == "dense" else indexes[m].extended(prepared[m]) for m in modes}
+            id_to_slot = dict(self._id_to_slot)
+            id_to_slot.update((doc_id, n_old + j) for j, doc_id in enumerate(ids))
+            if "dense" in modes:
+                dense = new_indexes["dense"]
+                dense.append_or_rollback(prepared["dense"])
+                try:
+                    self._install(modes, new_indexes, slot_ids, all_texts, all_metas, alive, id_to_slot)
+                except BaseException:
+                    dense._rollback(n_old)
+                    raise
+                return
+        self._install(modes, new_indexes, slot_ids, all_texts, all_metas, alive, id_to_slot)
+
+    @staticmethod
+    def _kept(keep: np.ndarray, slot_ids: list[str], texts: list[str | None], metas: list[dict]
+              ) -> tuple[list[str], list[str | None], list[dict], np.ndarray]:
+        kl = keep.tolist()
+        return [slot_ids[i] for i in kl], [texts[i] for i in kl], [metas[i] for i in kl], np.ones(len(kl), dtype=bool)
+
+    def _install(self, modes: tuple[str, ...] | None, indexes: dict[str, ModeIndex], slot_ids: list[str],
+                 texts: list[str | None], metas: list[dict], alive: np.ndarray, id_to_slot: dict[str, int]) -> None:
+        """Swap in a complete new state (plain assignments only: cannot fail half way)."""
         self._modes, self._indexes = modes, indexes
-        self._delete_locked([i for i in ids if i in self._id_to_slot], compact=False)
-        start = len(self._slot_ids)
-        self._slot_ids.extend(ids)
-        self._texts.extend(texts)
-        self._metas.extend(metas)
-        self._alive = np.concatenate([self._alive, np.ones(len(ids), dtype=bool)])
-        for j, doc_id in enumerate(ids):
-            self._id_to_slot[doc_id] = start + j
-        self._maybe_compact()
+        self._slot_ids, self._texts, self._metas = slot_ids, texts, metas
+        self._alive, self._id_to_slot = alive, id_to_slot
 
     # ------------------------------------------------------------------ delete / get
     def delete(self, ids: Sequence[str]) -> int:
-        """Delete documents by id; unknown ids are ignored. Returns the number removed."""
-        ids_list = check_ids(ids)
+        """Delete documents by id; unknown ids are ignored. Returns the number removed.
+
+        All or nothing: the new bookkeeping (and a compaction, when due) is built before it is swapped in.
+        """
+        ids_list = check_ids(ids, ordered=False)
         with self._lock.write():
-            return self._delete_locked(ids_list, compact=True)
+            return self._delete_locked(ids_list)
 
-    def _delete_locked(self, ids: list[str], *, compact: bool) -> int:
-        removed = 0
+    def _delete_locked(self, ids: list[str]) -> int:
+        slots = [self._id_to_slot[i] for i in dict.fromkeys(ids) if i in self._id_to_slot]
+        if not slots:
+            return 0
+        alive = self._alive.copy()
+        alive[slots] = False
+        texts, metas = list(self._texts), list(self._metas)
+        for slot in slots:
+            texts[slot], metas[slot] = None, {}
+        id_to_slot = dict(self._id_to_slot)
         for doc_id in ids:
-            slot = self._id_to_slot.pop(doc_id, None)
-            if slot is None:
-                continue
-            self._alive[slot] = False
-            self._texts[slot] = None
-            self._metas[slot] = {}
-            removed += 1
-        if removed and compact:
-            self._maybe_compact()
-        return removed
-
-    def _maybe_compact(self) -> None:
-        if self._n_dead and self._n_dead > _COMPACT_FRACTION * len(self._slot_ids):
-            self._compact()
+            id_to_slot.pop(doc_id, None)
+        slot_ids, indexes = self._slot_ids, self._indexes
+        n_dead = len(slot_ids) - len(id_to_slot)
+        if n_dead > _COMPACT_FRACTION * len(slot_ids):
+            keep = np.flatnonzero(alive)
+            indexes = {m: idx.compact(keep) for m, idx in indexes.items()}
+            slot_ids, texts, metas, alive = self._kept(keep, slot_ids, texts, metas)
+            id_to_slot = {doc_id: i for i, doc_id in enumerate(slot_ids)}
+        self._install(self._modes, indexes, slot_ids, texts, metas, alive, id_to_slot)
+        return len(slots)
 
     def _compact(self) -> None:
-        """Rebuild every index without the dead slots."""
+        """Rebuild every index without the dead slots (all built before the swap)."""
         keep = np.flatnonzero(self._alive)
         if len(keep) == len(self._slot_ids):
             return
         indexes = {m: idx.compact(keep) for m, idx in self._indexes.items()}
-        self._indexes = indexes
-        self._slot_ids = [self._slot_ids[i] for i in keep]
-        self._texts = [self._texts[i] for i in keep]
-        self._metas = [self._metas[i] for i in keep]
-        self._alive = np.ones(len(keep), dtype=bool)
-        self._id_to_slot = {doc_id: i for i, doc_id in enumerate(self._slot_ids)}
+        slot_ids, texts, metas, alive = self._kept(keep, self._slot_ids, self._texts, self._metas)
+        self._install(self._modes, indexes, slot_ids, texts, metas, alive, {d: i for i, d in enumerate(slot_ids)})
 
     def clear(self) -> None:
         """Remove every document and forget the modes and dimensions (the store is fresh again)."""
         with self._lock.write():
-            self._reset()
+            self._reset()  # plain assignments of fresh empty state
 
     def get(self, ids: Sequence[str]) -> list[Record]:
         """Records of the ids found, in the order asked (unknown ids are skipped)."""
@@ -558,7 +607,7 @@ class HybridStore(EncodedSearchMixin):
         with self._lock.read():
             if len(self._id_to_slot) == 0 or self._modes is None:
                 return [[] for _ in range(len(queries))]
-            check_query(queries, opts.modes, {"dense": self.dense_dim, "colbert": self.colbert_dim})
+            check_query(queries, opts.modes, {"dense": self.dense_dim, "colbert": self.colbert_dim}, self._sparse_dim)
             return run(_MemoryBackend(self), queries, opts)
 
     # ------------------------------------------------------------------ persistence

@@ -317,7 +317,7 @@ def test_bad_input_errors():
         store.add_encoded(_synthetic(1), ids=["z"], metadatas=[{"x": object()}])
     with pytest.raises(ValueError, match="dimension"):
         store.add_encoded(_synthetic(1, dense_dim=5), ids=["z"])
-    with pytest.raises(ValueError, match="lacks modes"):
+    with pytest.raises(ValueError, match="has no .sparse. output"):
         store.add_encoded(M3Output(dense=_synthetic(1).dense), ids=["z"])
     with pytest.raises(TypeError, match="QdrantClient, a URL"):
         QdrantHybridStore(42, "x")

@@ -44,6 +44,10 @@ class Segments(Generic[T]):
             start += n
         return out
 
+    def copy(self) -> "Segments[T]":
+        """A copy sharing the (immutable) segment data."""
+        return self.copy_with(list(self.data), list(self.sizes))
+
     def append(self, data: T, n: int) -> None:
         """Add ``n`` slots; merges happen here, so build the merged data before mutating (a failure changes nothing)."""
         starts, sizes, datas = list(self.starts), list(self.sizes), list(self.data)

@@ -11,6 +11,7 @@ nothing when a step fails: :meth:`prepare` converts and validates rows into a *p
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -62,6 +63,38 @@ class ModeIndex(ABC):
     @abstractmethod
     def compact(self, keep: np.ndarray) -> "ModeIndex":
         """A new index holding only the sorted slots ``keep`` (renumbered ``0 .. len(keep)-1``); self is unchanged."""
+
+    def extended(self, prepared: Any) -> "ModeIndex":
+        """A new index holding self's slots then the prepared rows; self is unchanged.
+
+        The default copies the index shallowly and appends; indexes whose :meth:`append` mutates shared
+        storage in place (FAISS) override it or are appended last by the store with :meth:`append_or_rollback`.
+        """
+        out = copy.copy(self)
+        out._copy_state()
+        out.append(prepared)
+        return out
+
+    def _copy_state(self) -> None:
+        """Make the state a shallow copy shares with self independent (called on the copy by :meth:`extended`)."""
+
+    def extended_compacted(self, prepared: Any, keep: np.ndarray) -> "ModeIndex":
+        """``self.extended(prepared).compact(keep)`` (``keep`` in the extended numbering); self is unchanged."""
+        return self.extended(prepared).compact(keep)
+
+    def append_or_rollback(self, prepared: Any) -> None:
+        """:meth:`append` in place; on any failure the index is left as before and the error re-raised."""
+        before = len(self)
+        try:
+            self.append(prepared)
+        except BaseException:
+            self._rollback(before)
+            raise
+
+    def _rollback(self, n: int) -> None:
+        """Restore the state of ``n`` slots after a failed :meth:`append` (override for in-place indexes)."""
+        if len(self) != n:
+            raise RuntimeError(f"{type(self).__name__} cannot roll back a failed append")
 
     @abstractmethod
     def topk(self, Q: Any, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

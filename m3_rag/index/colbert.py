@@ -83,6 +83,9 @@ class ColbertIndex(ModeIndex):
             self.codec.fit(packed)
         return _Packed(self.codec.encode(packed), offsets)
 
+    def _copy_state(self) -> None:
+        self._segs = self._segs.copy()
+
     def append(self, prepared: _Packed) -> None:
         self._segs.append(prepared, len(prepared.offsets) - 1)
 

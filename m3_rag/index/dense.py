@@ -46,6 +46,18 @@ class _FlatBlocks:
             block.add(np.ascontiguousarray(x[pos : pos + m], dtype=np.float32))
             pos += m
 
+    def truncate(self, n: int) -> None:
+        """Drop every vector from row ``n`` on (the rollback of a failed :meth:`add`)."""
+        import faiss
+
+        keep_blocks = -(-n // self.block_rows) if n else 0
+        del self.blocks[keep_blocks:]
+        if self.blocks:
+            last = self.blocks[-1]
+            local = n - (len(self.blocks) - 1) * self.block_rows
+            if int(last.ntotal) > local:
+                last.remove_ids(faiss.IDSelectorRange(local, int(last.ntotal)))
+
     def view(self, j: int) -> np.ndarray:
         """Zero-copy view of block ``j``'s vectors (valid until the next write)."""
         import faiss
@@ -158,6 +170,32 @@ class DenseIndex(ModeIndex):
         if len(keep):
             out._index.add(self.rows(keep))
         return out
+
+    def extended(self, prepared: np.ndarray) -> "DenseIndex":
+        """A new index (a copy of every vector: FAISS indexes grow in place); the store instead appends the
+        dense rows last with :meth:`append_or_rollback`."""
+        return self.extended_compacted(prepared, np.arange(len(self) + len(prepared), dtype=np.int64))
+
+    def extended_compacted(self, prepared: np.ndarray, keep: np.ndarray) -> "DenseIndex":
+        out = self._like()
+        keep = np.asarray(keep, dtype=np.int64)
+        n = len(self)
+        old, new = keep[keep < n], keep[keep >= n] - n
+        if len(old):
+            out._index.add(self.rows(old))
+        if len(new):
+            out._index.add(np.ascontiguousarray(prepared[new]))
+        return out
+
+    def _rollback(self, n: int) -> None:
+        if isinstance(self._index, _FlatBlocks):
+            self._index.truncate(n)
+            return
+        # FAISS HNSW cannot drop vertices: rebuild the graph from the first n stored vectors
+        rows = np.array(self.view()[:n])
+        self._index = self._new()
+        if n:
+            self._index.add(rows)
 
     def view(self) -> np.ndarray:
         """All vectors ``(len, dim)``: zero-copy when the index is one block or HNSW (valid until the next write)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -27,6 +28,10 @@ def sparse_arrays(rows: Sequence[Mapping[int, float]], what: str = "sparse", dty
         raise TypeError(f"{what}: every row must be a dict[int, float] (token id -> weight): {exc}") from exc
     limit = vocab_size if vocab_size is not None else 2**31 - 1
     if total:
+        bad_types = {type(k) for r in rows for k in r} - {int, np.int64, np.int32, np.int16, np.int8, np.uint32,
+                                                          np.uint16, np.uint8, np.uint64}
+        if bad_types:
+            raise TypeError(f"{what}: token ids must be ints; got {', '.join(sorted(t.__name__ for t in bad_types))}")
         keys_ok = np.isfinite(keys_f) & (keys_f == np.floor(keys_f)) & (keys_f >= 0) & (keys_f < limit)
         if not np.all(keys_ok):
             bad = keys_f[~keys_ok]
@@ -50,41 +55,82 @@ def sparse_matrix(rows: Sequence[Mapping[int, float]], what: str = "sparse", dty
     return sp.csr_matrix((vals, keys.astype(np.int32), indptr), shape=(len(rows), vocab))
 
 
-def _concat(parts: list[sp.csc_matrix], keep: list[np.ndarray] | None) -> sp.csc_matrix:
-    vocab = max(p.shape[1] for p in parts)
+@dataclass
+class _Seg:
+    """One segment: ``terms`` (sorted unique token ids) and a CSC matrix ``(docs, len(terms))`` over them.
+
+    The columns are the segment's own tokens, so memory is O(non-zeros) whatever the largest token id.
+    """
+
+    terms: np.ndarray  # int64, sorted unique
+    m: sp.csc_matrix
+
+    @classmethod
+    def from_csr(cls, csr: sp.csr_matrix) -> "_Seg":
+        """Compress a CSR matrix over raw token ids (``indices``) to the segment's own columns."""
+        terms, local = np.unique(np.asarray(csr.indices, dtype=np.int64), return_inverse=True)
+        m = sp.csr_matrix((csr.data, local.astype(np.int32).reshape(-1), csr.indptr), shape=(csr.shape[0], len(terms)))
+        m = m.tocsc()
+        m.indices = m.indices.astype(np.int32, copy=False)
+        return cls(terms, m)
+
+    def columns(self, token_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(present mask, local column)`` of each token id."""
+        pos = np.searchsorted(self.terms, token_ids)
+        pos_c = np.minimum(pos, max(len(self.terms) - 1, 0))
+        present = (pos < len(self.terms)) & (self.terms[pos_c] == token_ids) if len(self.terms) else np.zeros(len(token_ids), bool)
+        return present, pos_c
+
+    def raw_csr(self, union: np.ndarray | None = None) -> sp.csr_matrix:
+        """The rows as CSR over raw token ids (``union``: over the columns of a sorted superset of terms)."""
+        m = self.m.tocsr()
+        cols = self.terms[m.indices] if union is None else np.searchsorted(union, self.terms)[m.indices]
+        width = (int(self.terms[-1]) + 1 if len(self.terms) else 1) if union is None else len(union)
+        return sp.csr_matrix((m.data, cols.astype(np.int32 if union is not None else np.int64), m.indptr),
+                             shape=(m.shape[0], width))
+
+    def nbytes(self) -> int:
+        return self.terms.nbytes + self.m.data.nbytes + self.m.indices.nbytes + self.m.indptr.nbytes
+
+
+def _concat(parts: list[_Seg], keep: list[np.ndarray] | None) -> _Seg:
+    union = np.unique(np.concatenate([p.terms for p in parts]))
     mats = []
     for i, p in enumerate(parts):
-        m = p.tocsr()
+        m = p.raw_csr(union)
         if keep is not None:
             m = m[keep[i]]
-        m.resize((m.shape[0], vocab))
         mats.append(m)
     out = sp.vstack(mats, format="csr").tocsc()
     out.indices = out.indices.astype(np.int32, copy=False)
-    return out
+    return _Seg(union, out)
 
 
 class SparseIndex(ModeIndex):
     """Lexical weights ``{token id: weight}``; score = ``sum_t q_t * d_t`` over shared tokens (FlagEmbedding's).
 
     Args:
-        vocab_size: largest token id + 1 accepted (``None``: any id below 2**31 - 1).
+        vocab_size: largest token id + 1 accepted (``None``: any id below 2**31 - 1). Memory is O(non-zeros):
+            each segment indexes only the tokens it holds, so a large token id costs no more than a small one.
     """
 
     mode = "sparse"
 
     def __init__(self, vocab_size: int | None = None) -> None:
         self.vocab_size = vocab_size
-        self._segs: Segments[sp.csc_matrix] = Segments(_concat)
+        self._segs: Segments[_Seg] = Segments(_concat)
 
     def __len__(self) -> int:
         return len(self._segs)
 
-    def prepare(self, rows: Any) -> sp.csc_matrix:
-        return sparse_matrix(rows, "sparse", vocab_size=self.vocab_size).tocsc()
+    def prepare(self, rows: Any) -> _Seg:
+        return _Seg.from_csr(sparse_matrix(rows, "sparse", vocab_size=self.vocab_size))
 
-    def append(self, prepared: sp.csc_matrix) -> None:
-        self._segs.append(prepared, prepared.shape[0])
+    def _copy_state(self) -> None:
+        self._segs = self._segs.copy()
+
+    def append(self, prepared: _Seg) -> None:
+        self._segs.append(prepared, prepared.m.shape[0])
 
     def compact(self, keep: np.ndarray) -> "SparseIndex":
         out = SparseIndex(self.vocab_size)
@@ -102,9 +148,10 @@ class SparseIndex(ModeIndex):
                 return out
             terms = np.fromiter(q.keys(), dtype=np.int64, count=len(q))
             weights = np.fromiter(q.values(), dtype=np.float64, count=len(q))
-            for start, n, m in self._segs.items():
-                sel = terms < m.shape[1]
-                t, w = terms[sel], weights[sel]
+            for start, n, seg in self._segs.items():
+                m = seg.m
+                present, cols = seg.columns(terms)
+                t, w = cols[present], weights[present]
                 starts, ends = m.indptr[t], m.indptr[t + 1]
                 lengths = ends - starts
                 if int(lengths.sum()) == 0:
@@ -114,10 +161,12 @@ class SparseIndex(ModeIndex):
                 out[0, start : start + n] = np.bincount(m.indices[pos], weights=vals, minlength=n)
             return out
         qm = sparse_matrix(Q, "query.sparse", np.float64)
-        for start, n, m in self._segs.items():
-            vocab = m.shape[1]
-            qs = qm[:, :vocab] if qm.shape[1] >= vocab else sp.csr_matrix((qm.data, qm.indices, qm.indptr), shape=(nq, vocab))
-            out[:, start : start + n] = (qs @ m.T).toarray()
+        q_rows = np.repeat(np.arange(nq), np.diff(qm.indptr))
+        q_terms = np.asarray(qm.indices, dtype=np.int64)
+        for start, n, seg in self._segs.items():
+            present, cols = seg.columns(q_terms)
+            qs = sp.csr_matrix((qm.data[present], (q_rows[present], cols[present])), shape=(nq, len(seg.terms)))
+            out[:, start : start + n] = (qs @ seg.m.T).toarray()
         return out
 
     def topk(self, Q: Any, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +194,7 @@ class SparseIndex(ModeIndex):
         for s, g in zip(np.asarray(slots).tolist(), seg_of.tolist()):
             m = csr.get(g)
             if m is None:
-                m = csr[g] = self._segs.data[g].tocsr()
+                m = csr[g] = self._segs.data[g].raw_csr()
             a, b = m.indptr[s - self._segs.starts[g]], m.indptr[s - self._segs.starts[g] + 1]
             out.append(dict(zip(m.indices[a:b].tolist(), m.data[a:b].tolist())))
         return out
@@ -153,13 +202,15 @@ class SparseIndex(ModeIndex):
     def matched(self, q: Mapping[int, float], slot: int) -> list[tuple[int, float]]:
         """The query tokens document ``slot`` shares: ``[(token id, q_w * d_w)]`` in query order."""
         g = int(self._segs.of(np.array([slot]))[0])
-        m = self._segs.data[g]
+        seg = self._segs.data[g]
+        m = seg.m
         local = slot - self._segs.starts[g]
         out: list[tuple[int, float]] = []
         for t, qw in q.items():
-            if t >= m.shape[1]:
+            present, col = seg.columns(np.array([t], dtype=np.int64))
+            if not present[0]:
                 continue
-            a, b = m.indptr[t], m.indptr[t + 1]
+            a, b = m.indptr[col[0]], m.indptr[col[0] + 1]
             rows = m.indices[a:b]
             j = int(np.searchsorted(rows, local))
             if j < len(rows) and rows[j] == local:
@@ -167,11 +218,11 @@ class SparseIndex(ModeIndex):
         return out
 
     def nbytes(self) -> int:
-        return sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in self._segs.data)
+        return sum(seg.nbytes() for seg in self._segs.data)
 
     def to_arrays(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        m, n = self._segs.single()
-        csr = m.tocsr() if m is not None else sp.csr_matrix((0, 1), dtype=np.float32)
+        seg, n = self._segs.single()
+        csr = seg.raw_csr() if seg is not None else sp.csr_matrix((0, 1), dtype=np.float32)
         meta = {"sparse_nnz": int(csr.nnz)}
         return meta, {
             "sparse_indptr.npy": csr.indptr.astype(np.int64),
@@ -195,9 +246,6 @@ class SparseIndex(ModeIndex):
         if not np.all(np.isfinite(data)):
             raise ValueError("sparse_data.npy holds NaN or infinity")
         out = cls(vocab_size)
-        if n:
-            vocab = int(indices.max()) + 1 if len(indices) else 1
-            m = sp.csr_matrix((data, indices, indptr), shape=(n, vocab)).tocsc()
-            m.indices = m.indices.astype(np.int32, copy=False)
-            out._segs.append(m, n)
+        if n:  # memory O(non-zeros): the segment's columns are the token ids it holds, not 0 .. max id
+            out._segs.append(_Seg.from_csr(sp.csr_matrix((data, indices, indptr), shape=(n, limit))), n)
         return out

@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+import functools
 import threading
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
 from ..index.pooling import pool_tokens
 from ..types import M3Output, Record
-from ..validation import check_rows
+from ..validation import check_encoded, check_ids, check_rows, check_texts
 from .schema import PAYLOAD_COLBERT_EMPTY, PAYLOAD_ID, PAYLOAD_META, PAYLOAD_SEQ, PAYLOAD_TEXT, QdrantWriteError, point_id
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..encoder import M3Encoder
 
-__all__ = ["CrudMixin"]
+__all__ = ["CrudMixin", "serialised"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def serialised(fn: _F) -> _F:
+    """Run the method under the store's ``_lock``: a re-entrant lock for a local-mode client (qdrant-client's
+    local mode has no locking of its own), a no-op context for a server client (thread-safe by itself)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return fn(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class CrudMixin:
@@ -34,15 +49,19 @@ class CrudMixin:
     _dims: dict[str, int]
     _next_seq: int
     _seq_lock: threading.Lock
+    _sparse_dim: int | None
 
+    @serialised
     def _exists(self) -> bool:
         return bool(self._modes) and self.client.collection_exists(self.collection)
 
+    @serialised
     def __len__(self) -> int:
         if not self._exists():
             return 0
         return int(self.client.count(self.collection, exact=True).count)
 
+    @serialised
     def __contains__(self, id: object) -> bool:
         if not isinstance(id, str) or not self._exists():
             return False
@@ -68,6 +87,7 @@ class CrudMixin:
             out.sort(key=lambda p: p.payload[PAYLOAD_SEQ])
         return out
 
+    @serialised
     def ids(self) -> list[str]:
         """All document ids, in insertion order."""
         if not self._exists():
@@ -129,6 +149,7 @@ class CrudMixin:
                 empty.append(False)
         return out, empty
 
+    @serialised
     def add_encoded(
         self,
         encoded: M3Output,
@@ -153,16 +174,13 @@ class CrudMixin:
         if texts is None:
             texts_l: list[str | None] = [None] * n
         else:
-            if isinstance(texts, str):
-                raise TypeError("texts must be a list of strings, not a single string")
-            texts_l = list(texts)
+            texts_l = check_texts(texts, allow_none=True)  # the same checks (and messages) as HybridStore
             if len(texts_l) != n:
                 raise ValueError(f"got {len(texts_l)} texts for {n} documents; pass one text (or None) per document")
-            for i, t in enumerate(texts_l):
-                if t is not None and not isinstance(t, str):
-                    raise TypeError(f"texts[{i}] must be a str or None; got {type(t).__name__}")
         if n == 0:
             return []
+        check_encoded(encoded, self._modes or encoded.modes, self._dims, sparse_dim=self._sparse_dim,
+                      fp16_colbert=self.colbert_datatype == "float16")
         if not self._exists():
             dims = {}
             if encoded.dense is not None:
@@ -248,10 +266,10 @@ class CrudMixin:
         finally:
             bar.close()
 
+    @serialised
     def delete(self, ids: Sequence[str]) -> int:
         """Delete documents by id; unknown ids are ignored. Returns how many were removed."""
-        if isinstance(ids, str):
-            raise TypeError("ids must be a list of strings, not a single string; wrap it: delete([id])")
+        ids = check_ids(ids, ordered=False)
         pids = sorted({point_id(x) for x in ids})
         if not pids or not self._exists():
             return 0
@@ -263,11 +281,10 @@ class CrudMixin:
         )
         return len(found)
 
+    @serialised
     def get(self, ids: Sequence[str]) -> list[Record]:
         """Stored records for the ids found, in the order asked."""
-        if isinstance(ids, str):
-            raise TypeError("ids must be a list of strings, not a single string; wrap it: get([id])")
-        ids = list(ids)
+        ids = check_ids(ids)
         if not ids or not self._exists():
             return []
         pids = [point_id(x) for x in ids]
@@ -281,6 +298,7 @@ class CrudMixin:
     def _record(payload: Mapping[str, Any]) -> Record:
         return Record(id=payload[PAYLOAD_ID], text=payload.get(PAYLOAD_TEXT), metadata=dict(payload.get(PAYLOAD_META) or {}))
 
+    @serialised
     def clear(self) -> None:
         """Delete every document: the collection is dropped and, like a fresh ``HybridStore``, the modes are
         forgotten. With an encoder the collection is recreated at once with the encoder's modes."""
@@ -290,6 +308,7 @@ class CrudMixin:
         if self._encoder is not None:
             self._create(self._encoder.available_modes, self._encoder_dims(self._encoder))
 
+    @serialised
     def export(
         self, ids: Sequence[str] | None = None
     ) -> tuple[list[str], M3Output, list[str | None], list[dict]]:

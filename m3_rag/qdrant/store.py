@@ -40,6 +40,7 @@ fp32); and a server's approximate HNSW for the first stages (local mode is alway
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Mapping
@@ -47,7 +48,8 @@ from typing import TYPE_CHECKING, Any, Collection, Mapping
 
 from ..types import Hit, M3Output
 from ..search.api import EncodedSearchMixin
-from .crud import CrudMixin
+from ..validation import check_sparse_dim
+from .crud import CrudMixin, serialised
 from .filters import to_qdrant_filter
 from .schema import (  # noqa: F401  (re-exported)
     COLBERT_DATATYPES,
@@ -98,6 +100,13 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
         colbert_pool_factor: pool each document's ColBERT tokens before upsert into at most ``ceil(n / factor)``
             Ward-cluster means, as ``HybridStore(colbert_pool_factor=)`` does (``1``: keep every token). Recorded in
             the collection metadata; an existing collection keeps the factor it was built with.
+        sparse_dim: the vocabulary size bounding sparse token ids (default: the encoder's ``vocab_size``; any id
+            below 2**31 - 1 without an encoder), as for ``HybridStore``.
+
+    Thread safety: every call on a local-mode client (``":memory:"`` or a path) is serialised by a re-entrant
+    lock, since qdrant-client's local mode has no locking of its own (encoding runs outside the lock). A server
+    client is thread-safe by itself (each request is independent and Qdrant applies writes atomically per
+    request), so no lock is taken there.
     """
 
     def __init__(
@@ -115,6 +124,7 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
         max_retries: int = 3,
         server_fusion: bool = False,
         colbert_pool_factor: int = 1,
+        sparse_dim: int | None = None,
     ) -> None:
         from ..index.pooling import check_pool_factor
 
@@ -133,7 +143,9 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
             raise ValueError(f"max_retries must be an int >= 0; got {max_retries!r}")
         if not isinstance(collection, str) or not collection:
             raise ValueError(f"collection must be a non-empty string; got {collection!r}")
+        self._sparse_dim = check_sparse_dim(sparse_dim, encoder)
         self.client, self._owns_client = self._make_client(qdrant_client, client_or_url_or_path)
+        self._lock: Any = threading.RLock() if self._is_local(self.client) else contextlib.nullcontext()
         self.collection = collection
         self._encoder = encoder
         self.dense_distance = dense_distance
@@ -155,6 +167,12 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
             self._create(encoder.available_modes, self._encoder_dims(encoder))
 
     # ------------------------------------------------------------------ construction
+    @staticmethod
+    def _is_local(client: Any) -> bool:
+        """Whether ``client`` runs qdrant-client's embedded local mode (no locking of its own)."""
+        inner = getattr(client, "_client", None)
+        return type(inner).__name__ == "QdrantLocal" or type(inner).__module__.startswith("qdrant_client.local")
+
     @staticmethod
     def _make_client(qdrant_client: Any, target: Any) -> tuple[Any, bool]:
         if isinstance(target, qdrant_client.QdrantClient):
@@ -229,6 +247,7 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
         """
         self.to_store(show_progress=False).save(path)
 
+    @serialised
     def close(self, close_client: bool | None = None) -> None:
         """Release the client.
 
@@ -255,6 +274,11 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
     def modes(self) -> tuple[str, ...]:
         """The modes the collection holds (empty until the collection exists)."""
         return self._modes
+
+    @property
+    def sparse_dim(self) -> int | None:
+        """The vocabulary size bounding sparse token ids (``None``: any id below 2**31 - 1)."""
+        return self._sparse_dim
 
     @property
     def fingerprint(self) -> str | None:
@@ -286,6 +310,7 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
             raise ValueError("server_fusion=True supports fusion='rrf' or 'dbsf'; weighted fusion is computed exactly client-side")
         return opts
 
+    @serialised
     def _search(self, queries: M3Output, opts: Any) -> list[list[Hit]]:
         from ..search import run
         from ..validation import check_query
@@ -295,7 +320,7 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
             return []
         if not self._exists():
             return [[] for _ in range(len(queries))]
-        check_query(queries, opts.modes, self._dims)
+        check_query(queries, opts.modes, self._dims, self._sparse_dim)
         backend = QdrantBackend(self)
         server = opts.extra.get("server_fusion")
         server = self.server_fusion if server is None else bool(server)

@@ -112,7 +112,7 @@ def parse_options(
         depth = max(int(candidates) if candidates is not None else DEFAULT_CANDIDATES, k)
         depths = {m: depth for m in _first_stages(mode_t)}
     pred = compile_filter(filter) if not (isinstance(filter, Mapping) and not filter) and filter is not None else None
-    id_set = frozenset(check_ids(ids)) if ids is not None else None
+    id_set = frozenset(check_ids(ids, ordered=False)) if ids is not None else None
     if explain:
         if encoder is None:
             raise ValueError("explain=True needs an encoder to turn token ids into strings; pass encoder= to the store")
