@@ -919,16 +919,17 @@ class QdrantEdgeStore(EncodedSearchMixin):
         """Validate and convert rows with ``HybridStore``'s own index code: the same errors for the same input."""
         from .index.colbert import ColbertIndex
         from .index.dense import DenseIndex
-        from .index.sparse import SparseIndex
+        from .index.sparse import sparse_matrix
+
+        from .validation import check_encoded, check_sparse_dim
 
         out: dict[str, Any] = {}
-        for mode in modes:
-            if getattr(encoded, mode) is None:
-                raise ValueError(f"encoded has no {mode!r} output but the store holds {modes}; encode with {mode}=True")
+        check_encoded(encoded, modes, dims, sparse_dim=check_sparse_dim(None, self._encoder),
+                      fp16_colbert=self.colbert_datatype == "float16")  # the checks every store shares
         if "dense" in modes:
             out["dense"] = DenseIndex(dims["dense"]).prepare(encoded.dense)
         if "sparse" in modes:
-            out["sparse"] = SparseIndex().prepare(encoded.sparse).tocsr()
+            out["sparse"] = sparse_matrix(encoded.sparse, "sparse")  # HybridStore's checks, CSR over raw token ids
         if "colbert" in modes:
             idx = ColbertIndex(dims["colbert"], "fp16" if self.colbert_datatype == "float16" else "fp32")
             packed = idx.prepare(encoded.colbert)
