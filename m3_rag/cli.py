@@ -51,6 +51,8 @@ BUNDLED_OFFLINE = "minilm-m3"
 MINILM_ALIASES = ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "minilm")
 INPUT_SUFFIXES = (".txt", ".md", ".jsonl")
 DEFAULT_CHUNK_WORDS = 200
+#: seconds ``m3-rag index`` runs before it shows a progress bar (quick runs print none)
+PROGRESS_DELAY = 2.0
 _MODES = ("dense", "sparse", "colbert")
 #: Written by ``m3-rag index`` next to the store files: the --model used, so ``search`` can default to it.
 INDEX_INFO = "m3_rag_index.json"
@@ -382,7 +384,9 @@ def _cmd_index(args: argparse.Namespace) -> int:
                         colbert_pool_factor=args.colbert_pool_factor)
     _err(f"indexing {len(texts)} chunks from {len(docs)} documents with {encoder.name} ({', '.join(encoder.available_modes)})")
     step = max(args.batch_size * 8, 64)
-    with tqdm(total=len(texts), desc="index", unit="chunk", file=sys.stderr) as bar:
+    # the bar appears only once indexing has run for PROGRESS_DELAY seconds: a small folder prints none
+    with tqdm(total=len(texts), desc="index", unit="chunk", file=sys.stderr, disable=args.quiet,
+              delay=PROGRESS_DELAY) as bar:
         for start in range(0, len(texts), step):
             end = start + step
             store.add(texts[start:end], ids=ids[start:end], metadatas=metas[start:end], batch_size=args.batch_size)
@@ -658,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a file that cannot be decoded: skip it with a warning, or stop (default %(default)s)",
     )
     _add_colbert_storage(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar (warnings and the summary still print)")
     _add_common(p)
     _add_fast(p)
     p.set_defaults(handler=_cmd_index)

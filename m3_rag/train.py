@@ -409,6 +409,10 @@ class TrainConfig:
             (weight-space interpolation, as in WiSE-FT); 1 keeps the trained head, smaller values keep
             more of zero-shot MaxSim. Pick it on a held-out split.
         max_query_length / max_passage_length: token limits used for training.
+        sparse_drop_special_tokens: give every special token of the tokenizer ([CLS], [SEP], [PAD], [UNK],
+            [MASK], ...) no sparse weight, in training and in the exported checkpoint (its ``m3_model.json``
+            says ``"sparse_drop_special_tokens": true``, which :meth:`M3Encoder.from_pretrained` honours).
+            ``False`` keeps the source checkpoint's rule (FlagEmbedding's cls, eos, pad and unk ids).
         unfreeze: also train the backbone (lr ``backbone_lr``). This changes the dense output.
         max_steps: stop after this many steps (``None``: run all epochs).
         device: "auto" (GPU when present), "cpu", "cuda" or "mps".
@@ -431,6 +435,7 @@ class TrainConfig:
     colbert_interpolation: float = 1.0
     max_query_length: int = 64
     max_passage_length: int = 128
+    sparse_drop_special_tokens: bool = True
     unfreeze: bool = False
     backbone_lr: float = 1e-5
     max_steps: int | None = None
@@ -456,6 +461,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.colbert_interpolation must be a number in [0, 1]; got {ci!r}")
         if set(self.weights) != {"dense", "sparse", "colbert"}:
             raise ValueError(f"TrainConfig.weights needs exactly the keys dense, sparse, colbert; got {sorted(self.weights)}")
+        if not isinstance(self.sparse_drop_special_tokens, bool):
+            raise ValueError(
+                f"TrainConfig.sparse_drop_special_tokens must be True or False; got {self.sparse_drop_special_tokens!r}"
+            )
         if self.device not in DEVICES:
             raise ValueError(f"TrainConfig.device must be one of {DEVICES}; got {self.device!r}")
         if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
@@ -650,6 +659,8 @@ def train_heads(
 
     train_q, train_p = sources("train", pairs)
     held = sources("heldout", heldout) if heldout else None
+    if config.sparse_drop_special_tokens:
+        encoder.drop_special_tokens_from_sparse()
     ignore = sorted(encoder.unused_token_ids)
     heads = M3Heads(encoder.dense_dim, config.colbert_dim, ignore).to(device)
     idf = _idf(train_p, encoder.vocab_size, ignore).to(device)
@@ -746,8 +757,14 @@ def save_checkpoint(
     save_backbone: bool = False,
     weights_dtype: torch.dtype = torch.float32,
 ) -> Path:
-    """Write heads in BGE-M3 layout (``sparse_linear.pt``, ``colbert_linear.pt``), ``1_Pooling/config.json``
-    and ``sentence_bert_config.json``, plus either the backbone files or ``m3_model.json`` (``backbone_ref``)."""
+    """Write heads in BGE-M3 layout (``sparse_linear.pt``, ``colbert_linear.pt``), ``1_Pooling/config.json``,
+    ``sentence_bert_config.json`` and ``m3_model.json``, plus the backbone files unless ``backbone_ref`` is given.
+
+    ``m3_model.json`` records the sparse rule the heads were trained with: ``"sparse_drop_special_tokens"`` is
+    true when ``heads`` ignore every special token of ``encoder``'s tokenizer, so the exported checkpoint
+    encodes with that rule when loaded. With ``backbone_ref`` (a bundled model) it also names the backbone,
+    the ColBERT size, the pooling and the maximum length.
+    """
     if weights_dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"weights_dtype must be torch.float32, torch.float16 or torch.bfloat16; got {weights_dtype}")
     if backbone_ref is not None and save_backbone:
@@ -767,11 +784,15 @@ def save_checkpoint(
     (out / "1_Pooling" / "config.json").write_text(json.dumps(pool_cfg, indent=2) + "\n")
     (out / "sentence_bert_config.json").write_text(
         json.dumps({"max_seq_length": encoder.max_seq_length, "do_lower_case": False}, indent=2) + "\n")
+    special = {int(t) for t in getattr(encoder.tokenizer, "all_special_ids", None) or []}
+    meta: dict[str, Any] = {"sparse_drop_special_tokens": bool(special) and special <= {int(t) for t in heads.unused.tolist()}}
     if backbone_ref is not None:
-        (out / "m3_model.json").write_text(json.dumps(
-            {"backbone": backbone_ref, "colbert_dim": int(heads.colbert.out_features), "pooling": encoder.pooling,
-             "max_seq_length": encoder.max_seq_length}, indent=2) + "\n")
-    elif save_backbone:
+        meta = {"backbone": backbone_ref, "colbert_dim": int(heads.colbert.out_features), "pooling": encoder.pooling,
+                "max_seq_length": encoder.max_seq_length, **meta}
+    (out / "m3_model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if backbone_ref is not None:
+        return out
+    if save_backbone:
         encoder.backbone.save_pretrained(out, safe_serialization=True)
         encoder.tokenizer.save_pretrained(out)
     else:
@@ -816,6 +837,9 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
                    help="after training, move the ColBERT head this fraction of the way from its start to the trained weights")
     p.add_argument("--max-query-length", type=int, default=d.max_query_length)
     p.add_argument("--max-passage-length", type=int, default=d.max_passage_length)
+    p.add_argument("--sparse-keep-special-tokens", action="store_true",
+                   help="keep the source checkpoint's sparse rule for special tokens (FlagEmbedding: only cls, eos, "
+                        "pad and unk get no weight) instead of giving every special token no sparse weight")
     p.add_argument("--unfreeze", action="store_true", help="also train the backbone (changes the dense output)")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--device", choices=DEVICES, default=d.device)
@@ -835,6 +859,7 @@ def _cmd_train_heads(args: argparse.Namespace) -> int:
         sparse_bias_shift=args.sparse_bias_shift, colbert_anchor=args.colbert_anchor,
         colbert_interpolation=args.colbert_interpolation,
         max_query_length=args.max_query_length, max_passage_length=args.max_passage_length, unfreeze=args.unfreeze,
+        sparse_drop_special_tokens=not args.sparse_keep_special_tokens,
         max_steps=args.max_steps, device=args.device, seed=args.seed, show_progress=not args.no_progress,
     )
     pairs = load_pairs(args.data, limit=args.limit)

@@ -225,6 +225,7 @@ def test_index_tolerates_latin1_empty_and_unsupported_files(tmp_path: Path, tiny
     assert "warning: skipping latin1.txt: not utf-8 text" in err
     assert "summary: 1 file(s) indexed, 1 chunk(s), 3 file(s) skipped" in err
     assert "skipped empty.md: empty file" in err and "skipped notes.rst: unsupported extension '.rst'" in err
+    assert "chunk/s" not in err and "%|" not in err  # a run shorter than PROGRESS_DELAY shows no bar
     # --encoding reads the Latin-1 file (UTF-8 text that is also valid Latin-1 decodes too)
     code, _, err = run(["index", docs, "--out", out, "--overwrite", "--encoding", "latin-1", "--model", tiny_ckpt], capsys)
     assert code == 0, err
@@ -236,6 +237,16 @@ def test_index_tolerates_latin1_empty_and_unsupported_files(tmp_path: Path, tiny
     assert code == 1 and "latin1.txt: not utf-8 text" in err and "--encoding" in err
     code, _, err = run(["index", docs, "--out", tmp_path / "idx3", "--encoding", "nonsense", "--model", tiny_ckpt], capsys)
     assert code == 1 and "unknown text encoding" in err
+
+
+def test_index_progress_bar_shows_only_for_long_runs_and_never_under_quiet(docs_dir: Path, tmp_path: Path,
+                                                                           tiny_ckpt: Path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "PROGRESS_DELAY", 0.0)  # every run counts as long
+    code, _, err = run(["index", docs_dir, "--out", tmp_path / "a", "--model", tiny_ckpt], capsys)
+    assert code == 0 and "chunk/s" in err
+    code, _, err = run(["index", docs_dir, "--out", tmp_path / "b", "--model", tiny_ckpt, "--quiet"], capsys)
+    assert code == 0 and "chunk/s" not in err and "%|" not in err
+    assert "summary: " in err  # --quiet hides the bar, not the summary
 
 
 def test_search_mode_is_a_deprecated_alias_of_modes(docs_dir: Path, tmp_path: Path, tiny_ckpt: Path, capsys):

@@ -134,3 +134,33 @@ def test_bundled_model_declares_fusion_weights_and_eval_uses_them(monkeypatch):
                          candidates=100, weights=enc.fusion_weights)
     assert seen[0]["weights"] == {"dense": 1.0, "sparse": 0.3}
     assert "weights" not in seen[1]
+
+
+def test_bench_sparse_path_applies_the_encoders_sparse_rule(minilm_m3: M3Encoder, tmp_path: Path):
+    """bench/minilm_m3_eval.py scores sparse from cached token states; it must drop the same ids as
+    M3Encoder (minilm-m3 declares sparse_drop_special_tokens, so [SEP] gets no weight) and give the same weights."""
+    import importlib.util
+
+    from m3_rag.train import TokenStateCache
+
+    spec = importlib.util.spec_from_file_location("minilm_m3_eval", Path(__file__).parents[1] / "bench" / "minilm_m3_eval.py")
+    ev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev)
+    assert ev.drops_special_tokens("minilm-m3") is True
+    unused, vocab = ev.token_space(ev.drops_special_tokens("minilm-m3"))
+    assert unused == minilm_m3.unused_token_ids
+    assert minilm_m3.tokenizer.sep_token_id in ev.token_space(True)[0]
+    assert minilm_m3.tokenizer.sep_token_id not in ev.token_space(False)[0]
+
+    texts = ["café crème", "The velocity of the boundary layer, the velocity of sound.", "heat transfer in hypersonic flow"]
+    cache = TokenStateCache.build(minilm_m3, texts, tmp_path / "c", max_length=256, show_progress_bar=False)
+    sw, sb, _, _ = ev.load_heads("minilm-m3")
+    bench = ev.sparse_matrix(cache, sw, sb, unused, vocab).toarray()
+    out = minilm_m3.encode(texts, dense=False, colbert=False, max_length=256).sparse
+    for row, ref in zip(bench, out):
+        got = {int(t): float(row[t]) for t in np.flatnonzero(row)}
+        assert not set(got) & unused
+        strong = {t for t, w in ref.items() if w > 0.01}
+        assert strong <= set(got)
+        for t in strong:
+            assert got[t] == pytest.approx(ref[t], abs=2e-3)  # the cache holds fp16 token states

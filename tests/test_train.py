@@ -148,7 +148,8 @@ def test_load_pairs_formats_and_errors(tmp_path: Path):
     "kwargs, match",
     [({"batch_size": 1}, "batch_size"), ({"lr": 0}, "lr"), ({"device": "tpu"}, "device"),
      ({"weights": {"dense": 1.0}}, "weights"), ({"max_steps": 0}, "max_steps"),
-     ({"colbert_anchor": -1.0}, "colbert_anchor"), ({"colbert_interpolation": 1.5}, "colbert_interpolation"), ({"lexical_weight": "1"}, "lexical_weight")],
+     ({"colbert_anchor": -1.0}, "colbert_anchor"), ({"colbert_interpolation": 1.5}, "colbert_interpolation"), ({"lexical_weight": "1"}, "lexical_weight"),
+     ({"sparse_drop_special_tokens": "yes"}, "sparse_drop_special_tokens")],
 )
 def test_train_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -198,6 +199,47 @@ def test_bundle_layout_and_fp16_weights(tiny_ckpt: Path, tmp_path: Path):
     assert not (out / "config.json").exists()
     state = torch.load(out / "colbert_linear.pt", weights_only=True)
     assert state["weight"].dtype == torch.float16
+
+
+def test_export_declares_the_sparse_special_token_rule_it_was_trained_with(tiny_ckpt: Path, tiny_encoder: M3Encoder,
+                                                                          tmp_path: Path, monkeypatch):
+    import m3_rag.train as train_mod
+
+    seen: list[set[int]] = []
+
+    class RecordingHeads(train_mod.M3Heads):
+        def __init__(self, hidden, colbert_dim=None, unused_token_ids=()):
+            seen.append({int(t) for t in unused_token_ids})
+            super().__init__(hidden, colbert_dim, unused_token_ids)
+
+    monkeypatch.setattr(train_mod, "M3Heads", RecordingHeads)
+    special = set(tiny_encoder.tokenizer.all_special_ids)
+    sep = tiny_encoder.tokenizer.sep_token_id
+    assert sep in special and sep not in tiny_encoder.unused_token_ids  # FlagEmbedding's rule keeps [SEP]
+    cfg = dict(max_steps=2, batch_size=8, show_progress=False, max_query_length=16, max_passage_length=16)
+
+    bundle = tmp_path / "bundle"
+    report = train_heads(tiny_ckpt, _pairs(16), bundle, TrainConfig(**cfg), cache_dir=tmp_path / "cache",
+                         backbone_ref="python:some_pkg/model")
+    assert report["config"]["sparse_drop_special_tokens"] is True
+    meta = json.loads((bundle / "m3_model.json").read_text())
+    assert meta["sparse_drop_special_tokens"] is True and meta["backbone"] == "python:some_pkg/model"
+
+    full = tmp_path / "full"
+    train_heads(tiny_ckpt, _pairs(16), full, TrainConfig(**cfg), cache_dir=tmp_path / "cache")
+    assert json.loads((full / "m3_model.json").read_text()) == {"sparse_drop_special_tokens": True}
+    enc = M3Encoder.from_pretrained(full, device="cpu")
+    assert special <= enc.unused_token_ids
+    weights = enc.encode(["alpha beta river"], dense=False, colbert=False).sparse[0]
+    assert weights and not special & set(weights)
+    assert special <= seen[-1]  # the heads were trained with the rule the checkpoint declares
+
+    keep = tmp_path / "keep"
+    train_heads(tiny_ckpt, _pairs(16), keep, TrainConfig(sparse_drop_special_tokens=False, **cfg),
+                cache_dir=tmp_path / "cache")
+    assert json.loads((keep / "m3_model.json").read_text()) == {"sparse_drop_special_tokens": False}
+    assert sep not in M3Encoder.from_pretrained(keep, device="cpu").unused_token_ids
+    assert sep not in seen[-1]
 
 
 def test_colbert_anchor_holds_the_head_near_the_identity(tiny_ckpt: Path, tmp_path: Path):
@@ -254,5 +296,11 @@ def test_cli_registers_train_heads(tiny_ckpt: Path, tmp_path: Path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 2
     assert M3Encoder.from_pretrained(tmp_path / "o").available_modes == ("dense", "sparse", "colbert")
+    assert json.loads((tmp_path / "o" / "m3_model.json").read_text())["sparse_drop_special_tokens"] is True
+    args = parser.parse_args(["train-heads", "--model", str(tiny_ckpt), "--data", str(data), "--out", str(tmp_path / "k"),
+                              "--max-steps", "1", "--batch-size", "8", "--no-progress", "--cache-dir", str(tmp_path / "c"),
+                              "--sparse-keep-special-tokens"])
+    assert args.func(args) == 0
+    assert json.loads((tmp_path / "k" / "m3_model.json").read_text())["sparse_drop_special_tokens"] is False
     with pytest.raises(SystemExit):
         parser.parse_args(["train-heads", "--model", "x", "--data", str(data), "--out", "o", "--device", "tpu"])
