@@ -123,4 +123,10 @@ def test_server_client_takes_no_lock():
     from m3_rag.qdrant import QdrantHybridStore
 
     assert QdrantHybridStore._is_local(qdrant_client.QdrantClient(location=":memory:"))
-    assert not QdrantHybridStore._is_local(qdrant_client.QdrantClient(url="http://127.0.0.1:9"))
+    # no server there: check_compatibility=False keeps the client from probing it (a warning that could
+    # otherwise surface in a later test's warning capture)
+    remote = qdrant_client.QdrantClient(url="http://127.0.0.1:9", check_compatibility=False)
+    try:
+        assert not QdrantHybridStore._is_local(remote)
+    finally:
+        remote.close()
