@@ -567,7 +567,7 @@ def test_read_only_directory(data, tmp_path):
             p.chmod(0o755 if p.is_dir() else 0o644)
         code = textwrap.dedent(f"""
             import fcntl, os
-            import m3_rag.persistence, m3_rag.qdrant.store
+            import m3_rag.persistence, m3_rag.qdrant.store, qdrant_edge  # the engine too: it loads lazily
             from m3_rag.qdrant_edge import QdrantEdgeStore
             os.setgid(65534); os.setuid(65534)  # imports first: the interpreter's files may be root-only
             try:
