@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 
+from qdrant_engine import disk_mb, make  # noqa: E402  (the same synthetic BGE-M3-shaped data)
+
 VOCAB = 250_002
 SEARCHES = (("dense", "dense", "weighted"), ("sparse", "sparse", "weighted"), ("colbert", "colbert", "weighted"),
             ("hybrid_weighted", ("dense", "sparse", "colbert"), "weighted"),
@@ -39,32 +41,6 @@ def rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-def disk_mb(path: str) -> float:
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            total += os.path.getsize(os.path.join(root, f))
-    return total / 2**20
-
-
-def make(n: int, seed: int, nnz: int, tokens: int, cdim: int, dim: int = 1024):
-    from m3_rag import M3Output
-
-    rng = np.random.default_rng(seed)
-    dense = rng.standard_normal((n, dim), dtype=np.float32)
-    dense /= np.linalg.norm(dense, axis=1, keepdims=True)
-    sparse = []
-    for _ in range(n):
-        k = max(1, int(rng.poisson(nnz)))
-        toks = np.unique(np.minimum((rng.pareto(1.2, k) * 200).astype(np.int64), VOCAB - 1))
-        sparse.append(dict(zip(toks.tolist(), rng.uniform(0.01, 0.3, len(toks)).astype(np.float32).tolist())))
-    colbert = []
-    for _ in range(n):
-        t = rng.standard_normal((tokens, cdim), dtype=np.float32)
-        colbert.append(t / np.linalg.norm(t, axis=1, keepdims=True))
-    return M3Output(dense=dense, sparse=sparse, colbert=colbert)
 
 
 def pct(ts: list[float]) -> dict:

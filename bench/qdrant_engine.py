@@ -32,10 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-# this script is named like the engine's module: drop its own folder so `import qdrant_edge` finds the package
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-
 VOCAB = 250_002
 OPTIMIZE_MAX_DOCS = 20_000  # EdgeShard.optimize() (HNSW build) took 93 s at 10k on 2 cores; skipped above this
 
