@@ -34,13 +34,14 @@ import json
 from itertools import chain
 import os
 import shutil
-import threading
+import functools
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
+from ._rwlock import RWLock
 from .search import Candidates, SearchBackend, SearchOptions, parse_options, run
 from .search.api import EncodedSearchMixin
 from .search.pipeline import exact_top
@@ -452,6 +453,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _valid_pool_factor(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _reading(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a reading method under the store's read lock: it never sees a write half done."""
+
+    @functools.wraps(method)
+    def wrapper(self: "QdrantEdgeStore", *args: Any, **kwargs: Any) -> Any:
+        with self._rw.read():
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class QdrantEdgeStore(EncodedSearchMixin):
     """The ``HybridStore`` API on a Qdrant Edge shard in the directory ``path``: persistent, incremental,
     larger than RAM if you like, and no server.
@@ -471,6 +487,10 @@ class QdrantEdgeStore(EncodedSearchMixin):
         colbert_quantization: ``None`` (default), ``"scalar"`` (int8, in RAM, 4x smaller) or ``"binary"`` (32x
             smaller) quantisation of the ColBERT vectors; searches rescore with the original vectors
             (``rescore=True``), so returned scores stay exact. Fixed at creation.
+        colbert_pool_factor: pool each document's ColBERT tokens before upsert into at most ``ceil(n / factor)``
+            Ward-cluster means, as ``HybridStore(colbert_pool_factor=)`` does (``1``, the default for a new store:
+            keep every token; queries are never pooled). Fixed at creation; ``None`` on reopen keeps the recorded
+            value, a different value is refused.
         exact: send ``SearchParams(exact=True)`` (brute force, the default: exact parity with ``HybridStore``).
             ``False`` lets the engine use an HNSW graph once :meth:`optimize` has built one (approximate dense).
         hnsw_ef: HNSW beam width when ``exact=False``.
@@ -491,6 +511,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
         colbert_datatype: str | None = None,
         colbert_on_disk: bool | None = None,
         colbert_quantization: str | None = None,
+        colbert_pool_factor: int | None = None,
         exact: bool = True,
         hnsw_ef: int | None = None,
         durable: bool = True,
@@ -510,6 +531,10 @@ class QdrantEdgeStore(EncodedSearchMixin):
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
         if hnsw_ef is not None and (not isinstance(hnsw_ef, int) or isinstance(hnsw_ef, bool) or hnsw_ef <= 0):
             raise ValueError(f"hnsw_ef must be a positive int or None; got {hnsw_ef!r}")
+        if colbert_pool_factor is not None:
+            from .index.pooling import check_pool_factor
+
+            colbert_pool_factor = check_pool_factor(colbert_pool_factor)
         self.path = Path(path)
         self._encoder = encoder
         self.exact = bool(exact)
@@ -517,7 +542,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
         self.durable = bool(durable)
         self.batch_size = batch_size
         self.show_progress = bool(show_progress)
-        self._write_lock = threading.RLock()
+        self._rw = RWLock()  # searches and reads share it; writes are exclusive
         self._shard: Any = None
         self._lock_fd: int | None = None
         self._closed = False
@@ -526,7 +551,9 @@ class QdrantEdgeStore(EncodedSearchMixin):
         self._next_seq = 0
         self._fingerprint: str | None = encoder.fingerprint if encoder is not None else None
         self._requested = {"colbert_datatype": colbert_datatype, "colbert_on_disk": colbert_on_disk,
-                           "colbert_quantization": colbert_quantization}
+                           "colbert_quantization": colbert_quantization, "colbert_pool_factor": colbert_pool_factor}
+        self.colbert_pool_factor: int = colbert_pool_factor or 1
+        self._pool_on_add = True  # False while copying rows exported from a store that already pooled them
         self.colbert_datatype = colbert_datatype or "float32"
         self.colbert_on_disk = bool(colbert_on_disk)
         self.colbert_quantization = colbert_quantization
@@ -607,7 +634,8 @@ class QdrantEdgeStore(EncodedSearchMixin):
                 or not isinstance(dims, dict)
                 or any(not isinstance(dims.get(m), int) or dims[m] <= 0 for m in modes if m != "sparse")
                 or meta.get("colbert_datatype") not in COLBERT_DATATYPES
-                or meta.get("colbert_quantization") not in COLBERT_QUANTIZATIONS):
+                or meta.get("colbert_quantization") not in COLBERT_QUANTIZATIONS
+                or not _valid_pool_factor(meta.get("colbert_pool_factor", 1))):
             raise ValueError(f"{f} is malformed: modes {modes!r}, dims {dims!r}")
         return meta
 
@@ -625,14 +653,15 @@ class QdrantEdgeStore(EncodedSearchMixin):
             cdim = getattr(enc, "colbert_dim", None)
             if "colbert" in dims and cdim is not None and cdim != dims["colbert"]:
                 raise ValueError(f"the index has ColBERT dimension {dims['colbert']} but the encoder produces {cdim}")
-        for key in ("colbert_datatype", "colbert_on_disk", "colbert_quantization"):
-            want = self._requested[key]
-            if want is not None and want != meta.get(key):
-                raise ValueError(f"{self.path} was created with {key}={meta.get(key)!r}; got {key}={want!r}. Omit it to "
+        for key in ("colbert_datatype", "colbert_on_disk", "colbert_quantization", "colbert_pool_factor"):
+            want, have = self._requested[key], meta.get(key, 1 if key == "colbert_pool_factor" else None)
+            if want is not None and want != have:
+                raise ValueError(f"{self.path} was created with {key}={have!r}; got {key}={want!r}. Omit it to "
                                  "reopen with the stored setting, or migrate to a new store (QdrantEdgeStore.from_store).")
         self.colbert_datatype = meta["colbert_datatype"]
         self.colbert_on_disk = bool(meta.get("colbert_on_disk"))
         self.colbert_quantization = meta.get("colbert_quantization")
+        self.colbert_pool_factor = int(meta.get("colbert_pool_factor", 1))
         if saved_fp is not None:
             self._fingerprint = saved_fp
         shard_dir = self.path / SHARD_DIR
@@ -708,7 +737,8 @@ class QdrantEdgeStore(EncodedSearchMixin):
             "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "modes": list(modes),
             "dims": {m: int(dims[m]) for m in modes if m != "sparse"}, "fingerprint": self._fingerprint,
             "colbert_datatype": self.colbert_datatype, "colbert_on_disk": self.colbert_on_disk,
-            "colbert_quantization": self.colbert_quantization, "qdrant_edge_version": _edge_version(),
+            "colbert_quantization": self.colbert_quantization, "colbert_pool_factor": self.colbert_pool_factor,
+            "qdrant_edge_version": _edge_version(),
         }
         tmp = self.path / f".{SIDECAR}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
@@ -738,7 +768,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
         shard = self._shard_or_raise()
         if shard is None:
             return False
-        with self._write_lock:
+        with self._rw.write():
             changed = bool(shard.optimize())
             shard.flush()
         return changed
@@ -756,7 +786,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
         if kind not in ("keyword", "number"):
             raise ValueError(f"kind must be 'keyword' or 'number'; got {kind!r}")
         key = _field_key(field)
-        with self._write_lock:
+        with self._rw.write():
             shard = self._shard_or_raise()
             if shard is None:
                 raise ValueError("index_metadata needs documents first: the shard is created by the first add")
@@ -768,7 +798,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
         """Flush, close the shard and release the directory lock (idempotent)."""
         if self._closed:
             return
-        with self._write_lock:
+        with self._rw.write():
             try:
                 if self._shard is not None:
                     self._shard.flush()
@@ -825,12 +855,14 @@ class QdrantEdgeStore(EncodedSearchMixin):
         state = "closed" if self._closed else f"docs={len(self)}"
         return f"QdrantEdgeStore({str(self.path)!r}, {state}, modes={self._modes}, colbert_datatype={self.colbert_datatype!r})"
 
+    @_reading
     def __len__(self) -> int:
         shard = self._shard_or_raise()
         if shard is None:
             return 0
         return int(shard.count(self._qe.CountRequest(exact=True)))
 
+    @_reading
     def __contains__(self, id: object) -> bool:
         shard = self._shard_or_raise()
         if not isinstance(id, str) or shard is None:
@@ -855,6 +887,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
             out.sort(key=lambda r: r.payload[PAYLOAD_SEQ])
         return out
 
+    @_reading
     def ids(self) -> list[str]:
         """All document ids, in insertion order (an upserted id counts as inserted at its upsert)."""
         return [r.payload[PAYLOAD_ID] for r in self._scroll([PAYLOAD_ID, PAYLOAD_SEQ])]
@@ -931,14 +964,15 @@ class QdrantEdgeStore(EncodedSearchMixin):
         if "sparse" in modes:
             out["sparse"] = sparse_matrix(encoded.sparse, "sparse")  # HybridStore's checks, CSR over raw token ids
         if "colbert" in modes:
-            idx = ColbertIndex(dims["colbert"], "fp16" if self.colbert_datatype == "float16" else "fp32")
+            idx = ColbertIndex(dims["colbert"], "fp16" if self.colbert_datatype == "float16" else "fp32",
+                               self.colbert_pool_factor if self._pool_on_add else 1)
             packed = idx.prepare(encoded.colbert)
             tokens = packed.parts["tokens"].astype(np.float32)  # float16 storage: rounded like HybridStore's fp16
             out["colbert"] = [tokens[packed.offsets[i] : packed.offsets[i + 1]] for i in range(len(packed.offsets) - 1)]
         return out
 
     def _add_checked(self, encoded: M3Output, ids: list[str], texts: Sequence[str | None], metas: list[dict]) -> list[str]:
-        with self._write_lock:
+        with self._rw.write():
             self._shard_or_raise()
             modes = self._modes or tuple(m for m in MODES if m in encoded.modes)
             if not modes:
@@ -995,7 +1029,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
     def delete(self, ids: Sequence[str]) -> int:
         """Delete documents by id; unknown ids are ignored. Returns the number removed. Durable on return."""
         ids_list = check_ids(ids)
-        with self._write_lock:
+        with self._rw.write():
             shard = self._shard_or_raise()
             if shard is None or not ids_list:
                 return 0
@@ -1009,7 +1043,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
 
     def clear(self) -> None:
         """Remove every document and forget the modes and dimensions (the directory is an empty store again)."""
-        with self._write_lock:
+        with self._rw.write():
             self._shard_or_raise()
             if self._shard is not None:
                 self._shard.close()
@@ -1020,6 +1054,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
             self._modes, self._dims, self._next_seq = (), {}, 0
             self._fingerprint = self._encoder.fingerprint if self._encoder is not None else None
 
+    @_reading
     def get(self, ids: Sequence[str]) -> list[Record]:
         """Records of the ids found, in the order asked (unknown ids are skipped)."""
         ids_list = check_ids(ids)
@@ -1029,6 +1064,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
         found = {r.payload[PAYLOAD_ID]: r.payload for r in shard.retrieve(list({_pid(x) for x in ids_list}), True, False)}
         return [Record(x, found[x].get(PAYLOAD_TEXT), dict(found[x].get(PAYLOAD_META) or {})) for x in ids_list if x in found]
 
+    @_reading
     def export(self, ids: Sequence[str] | None = None) -> tuple[list[str], M3Output, list[str | None], list[dict]]:
         """Everything stored for ``ids`` (default: all, in insertion order; unknown ids skipped), for migration.
 
@@ -1068,14 +1104,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
         ColBERT storage type follows the source (``fp16``/``float16`` -> ``"float16"``, else ``"float32"``).
         """
         kwargs.setdefault("encoder", store.encoder)
-        if getattr(store, "colbert_pool_factor", 1) != 1:
-            import warnings
-
-            warnings.warn(
-                f"the source store pools ColBERT tokens (colbert_pool_factor={store.colbert_pool_factor}); its pooled "
-                "vectors are copied as they are, but QdrantEdgeStore does not pool documents added later",
-                UserWarning, stacklevel=2,
-            )
+        kwargs.setdefault("colbert_pool_factor", getattr(store, "colbert_pool_factor", 1))
         if "colbert_datatype" not in kwargs:
             src = getattr(store, "colbert_datatype", None) or getattr(store, "colbert_dtype", "fp32")
             kwargs["colbert_datatype"] = "float16" if src in ("fp16", "float16") else "float32"
@@ -1085,7 +1114,11 @@ class QdrantEdgeStore(EncodedSearchMixin):
                 out._fingerprint = store.fingerprint
             if len(store):
                 ids, encoded, texts, metadatas = store.export()
-                out.add_encoded(encoded, ids=ids, texts=texts, metadatas=metadatas)
+                out._pool_on_add = getattr(store, "colbert_pool_factor", 1) == 1  # exported tokens are already pooled
+                try:
+                    out.add_encoded(encoded, ids=ids, texts=texts, metadatas=metadatas)
+                finally:
+                    out._pool_on_add = True
         except BaseException:
             out.close()
             raise
@@ -1100,11 +1133,12 @@ class QdrantEdgeStore(EncodedSearchMixin):
 
         store_kwargs.setdefault("encoder", self._encoder)
         store_kwargs.setdefault("colbert_dtype", self.colbert_dtype)
+        store_kwargs.setdefault("colbert_pool_factor", self.colbert_pool_factor)
         out = HybridStore(**store_kwargs)
         out._saved_fingerprint = self._fingerprint
         if len(self):
             ids, encoded, texts, metadatas = self.export()
-            out.add_encoded(encoded, ids=ids, texts=texts, metadatas=metadatas)
+            out._add_exported(encoded, ids=ids, texts=texts, metadatas=metadatas)  # already pooled here
         return out
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -1142,6 +1176,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
     def _options(self, kwargs: Mapping[str, Any]) -> SearchOptions:
         return parse_options(self._modes or None, encoder=self._encoder, **kwargs)
 
+    @_reading
     def _search(self, queries: M3Output, opts: SearchOptions) -> list[list[Hit]]:
         self._shard_or_raise()
         if len(queries) == 0:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import copy
 import os
-import threading
-from contextlib import contextmanager
-from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -30,6 +28,7 @@ from .index.colbert import ColbertIndex
 from .index.dense import DENSE_INDEXES, DenseIndex
 from .index.pooling import check_pool_factor
 from .index.sparse import SparseIndex
+from ._rwlock import RWLock
 from .search import Candidates, SearchBackend, SearchOptions, parse_options, run
 from .search.options import OPTION_NAMES
 from .types import MODES, Hit, M3Output, Record
@@ -44,45 +43,6 @@ from .persistence import FORMAT_VERSION  # noqa: E402
 
 #: Compact when more than this fraction of the slots are dead.
 _COMPACT_FRACTION = 0.25
-
-
-class _RWLock:
-    """A writer-preferring readers-writer lock (not reentrant)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._writer = False
-        self._waiting_writers = 0
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._waiting_writers:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._waiting_writers += 1
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._waiting_writers -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
 
 
 class _Restriction:
@@ -241,7 +201,7 @@ class HybridStore(EncodedSearchMixin):
         self.colbert_pool_factor = check_pool_factor(colbert_pool_factor)
         self.show_progress = bool(show_progress)
         self._saved_fingerprint: str | None = None
-        self._lock = _RWLock()
+        self._lock = RWLock()
         self._reset()
 
     def _reset(self) -> None:

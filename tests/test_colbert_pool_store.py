@@ -159,3 +159,38 @@ def test_cli_index_and_eval_take_the_storage_flags(tmp_path: Path, tiny_ckpt: Pa
     with pytest.raises(SystemExit):
         cli.main(["eval", str(ds), "--colbert-pool-factor", "0", *common])
     capsys.readouterr()
+
+
+def test_edge_pools_the_same_persists_the_factor_and_migration_never_pools_twice(docs, query, tmp_path):
+    pytest.importorskip("qdrant_edge")
+    from m3_rag import QdrantEdgeStore
+
+    hybrid = HybridStore(colbert_dtype="fp32", colbert_pool_factor=2, show_progress=False)
+    hybrid.add_encoded(docs, ids=IDS)
+    counts = [m.shape[0] for m in hybrid.export()[1].colbert]
+    with QdrantEdgeStore(tmp_path / "e", colbert_pool_factor=2) as e:
+        e.add_encoded(docs, ids=IDS)
+        assert [m.shape[0] for m in e.export()[1].colbert] == counts
+        for modes in (("colbert",), ("dense", "sparse", "colbert")):
+            a = hybrid.search_encoded(query, modes=modes, k=10)
+            b = e.search_encoded(query, modes=modes, k=10)
+            assert [h.id for h in a] == [h.id for h in b]
+            for x, y in zip(a, b):
+                assert x.scores["colbert"] == pytest.approx(y.scores["colbert"], abs=1e-5)
+    # reopened: the recorded factor applies to later adds; another factor is refused
+    with pytest.raises(ValueError, match="colbert_pool_factor"):
+        QdrantEdgeStore(tmp_path / "e", colbert_pool_factor=3)
+    with QdrantEdgeStore(tmp_path / "e") as e:
+        assert e.colbert_pool_factor == 2
+        e.add_encoded(M3Output(dense=docs.dense[-1:], sparse=docs.sparse[-1:], colbert=docs.colbert[-1:]), ids=["late"])
+        assert e.export(["late"])[1].colbert[0].shape[0] == counts[-1]
+        e.delete(["late"])
+        # Edge -> HybridStore and HybridStore -> Edge keep the pooled tokens as they are
+        back = e.to_store(show_progress=False)
+    assert back.colbert_pool_factor == 2
+    assert [m.shape[0] for m in back.export()[1].colbert] == counts
+    with QdrantEdgeStore.from_store(hybrid, tmp_path / "f") as f:
+        assert f.colbert_pool_factor == 2
+        assert [m.shape[0] for m in f.export()[1].colbert] == counts
+    with pytest.raises(ValueError, match="colbert_pool_factor"):
+        QdrantEdgeStore(tmp_path / "g", colbert_pool_factor=0)

@@ -30,7 +30,24 @@ def _qdrant():
     return QdrantHybridStore(":memory:", "stress", show_progress=False, colbert_datatype="float32"), lambda s: s.close()
 
 
-@pytest.mark.parametrize("make", [_hybrid, _qdrant], ids=["HybridStore", "QdrantHybridStore-local"])
+def _edge():
+    pytest.importorskip("qdrant_edge")
+    import shutil
+    import tempfile
+
+    from m3_rag import QdrantEdgeStore
+
+    path = tempfile.mkdtemp(prefix="m3rag_stress_edge_")
+    store = QdrantEdgeStore(path)
+
+    def close(s):
+        s.close()
+        shutil.rmtree(path, ignore_errors=True)
+
+    return store, close
+
+
+@pytest.mark.parametrize("make", [_hybrid, _qdrant, _edge], ids=["HybridStore", "QdrantHybridStore-local", "QdrantEdgeStore"])
 def test_searchers_and_writers(make):
     store, close = make()
     vectors: dict[str, np.ndarray] = {}
@@ -130,3 +147,89 @@ def test_server_client_takes_no_lock():
         assert not QdrantHybridStore._is_local(remote)
     finally:
         remote.close()
+
+
+@pytest.mark.parametrize("make", [_hybrid, _edge], ids=["HybridStore", "QdrantEdgeStore"])
+def test_a_search_sees_a_delete_or_an_add_whole_never_half(make):
+    """A batch of 40 near-duplicate documents is deleted and re-added in single calls while searches run: every
+    search (candidates, rescoring and payloads) sees all 40 or none of them."""
+    store, close = make()
+    rng = np.random.default_rng(7)
+    base = make_encoded(rng, 30)
+    store.add_encoded(base, ids=[f"b{i}" for i in range(30)])
+    q = make_query(np.random.default_rng(8))
+    batch = make_encoded(np.random.default_rng(9), 40)
+    batch.dense[:] = q.dense[0]  # the batch ranks first in dense, whatever else happens
+    ids = [f"x{i}" for i in range(40)]
+    store.add_encoded(batch, ids=ids)
+    stop = threading.Event()
+    seen: list[int] = []
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            while not stop.is_set():
+                store.delete(ids)
+                store.add_encoded(batch, ids=ids)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    def searcher() -> None:
+        try:
+            while not stop.is_set():
+                hits = store.search_encoded(q, k=100, modes=("dense", "sparse", "colbert"))
+                seen.append(sum(h.id.startswith("x") for h in hits))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=searcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(min(SECONDS, 5))
+    stop.set()
+    for t in threads:
+        t.join(timeout=120)
+    try:
+        assert not errors, repr(errors[0])
+        assert seen and set(seen) <= {0, 40}, sorted(set(seen))
+    finally:
+        close(store)
+
+
+def test_rwlock_is_reentrant_refuses_upgrades_and_prefers_writers():
+    from m3_rag._rwlock import RWLock
+
+    lock = RWLock()
+    with lock.write():
+        with lock.write():  # the writer re-enters
+            with lock.read():
+                pass
+    with lock.read():
+        with pytest.raises(RuntimeError, match="upgrade"):
+            with lock.write():
+                pass
+    order: list[str] = []
+    entered = threading.Event()
+
+    def reader(name: str) -> None:
+        with lock.read():
+            order.append(name)
+
+    def writer() -> None:
+        entered.set()
+        with lock.write():
+            order.append("w")
+
+    with lock.read():
+        w = threading.Thread(target=writer)
+        w.start()
+        entered.wait()
+        time.sleep(0.2)  # the writer is waiting now
+        r = threading.Thread(target=reader, args=("r2",))
+        r.start()
+        time.sleep(0.2)
+        with lock.read():  # a nested read by a holder is admitted even while a writer waits
+            order.append("nested")
+    w.join(5)
+    r.join(5)
+    assert order == ["nested", "w", "r2"]
