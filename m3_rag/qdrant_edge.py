@@ -491,6 +491,9 @@ class QdrantEdgeStore(EncodedSearchMixin):
             Ward-cluster means, as ``HybridStore(colbert_pool_factor=)`` does (``1``, the default for a new store:
             keep every token; queries are never pooled). Fixed at creation; ``None`` on reopen keeps the recorded
             value, a different value is refused.
+        server_fusion: default for ``search(..., server_fusion=)``: RRF/DBSF fused by the engine (``Prefetch`` +
+            ``Fusion.Rrf``/``Fusion.Dbsf``), as ``QdrantHybridStore(server_fusion=True)``; approximate in ``Hit.score``
+            only (see :mod:`m3_rag.search.server_fusion`).
         exact: send ``SearchParams(exact=True)`` (brute force, the default: exact parity with ``HybridStore``).
             ``False`` lets the engine use an HNSW graph once :meth:`optimize` has built one (approximate dense).
         hnsw_ef: HNSW beam width when ``exact=False``.
@@ -512,6 +515,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
         colbert_on_disk: bool | None = None,
         colbert_quantization: str | None = None,
         colbert_pool_factor: int | None = None,
+        server_fusion: bool = False,
         exact: bool = True,
         hnsw_ef: int | None = None,
         durable: bool = True,
@@ -538,6 +542,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
         self.path = Path(path)
         self._encoder = encoder
         self.exact = bool(exact)
+        self.server_fusion = bool(server_fusion)
         self.hnsw_ef = hnsw_ef
         self.durable = bool(durable)
         self.batch_size = batch_size
@@ -1174,7 +1179,11 @@ class QdrantEdgeStore(EncodedSearchMixin):
     _ENCODER_HINT = "open the store with QdrantEdgeStore(path, encoder=...)"  # search_batch comes from EncodedSearchMixin
 
     def _options(self, kwargs: Mapping[str, Any]) -> SearchOptions:
-        return parse_options(self._modes or None, encoder=self._encoder, **kwargs)
+        from .search.server_fusion import wants_server_fusion
+
+        opts = parse_options(self._modes or None, encoder=self._encoder, extra_names=("server_fusion",), **kwargs)
+        wants_server_fusion(opts, self.server_fusion)  # refuses weighted fusion on the engine
+        return opts
 
     @_reading
     def _search(self, queries: M3Output, opts: SearchOptions) -> list[list[Hit]]:
@@ -1185,7 +1194,36 @@ class QdrantEdgeStore(EncodedSearchMixin):
         if n == 0:
             return [[] for _ in range(len(queries))]
         check_query(queries, opts.modes, self._dims)
-        return run(EdgeBackend(self, n), queries, opts)
+        from .search.server_fusion import wants_server_fusion
+
+        backend = EdgeBackend(self, n)
+        if wants_server_fusion(opts, self.server_fusion):
+            return [self._server_fused(backend, queries[i], opts) for i in range(len(queries))]
+        return run(backend, queries, opts)
+
+    def _server_fused(self, backend: EdgeBackend, q: M3Output, opts: SearchOptions) -> list[Hit]:
+        """One query row fused by the engine (the plan of :mod:`m3_rag.search.server_fusion`)."""
+        from .fusion import RRF_K
+        from .search.server_fusion import hits_from_fused, plan
+
+        qe = self._qe
+        restriction = backend.restrict(opts)
+        if restriction is not None and restriction.count == 0:
+            return []
+        flt = backend._flt(restriction)
+        p = plan(opts)
+        stages = [qe.Prefetch(limit=lim, query=qe.Query.Nearest(backend._qvec(f, q), using=f), filter=flt, params=backend.params)
+                  for f, lim in p.stages]
+        sources = list(stages)
+        if p.rerank is not None:
+            mode, lim = p.rerank
+            sources.append(qe.Prefetch(limit=lim, query=qe.Query.Nearest(backend._qvec(mode, q), using=mode),
+                                       prefetches=stages, params=backend.params))
+        fusion = qe.Fusion.Rrf(k=RRF_K, weights=list(p.weights)) if p.fusion == "rrf" else qe.Fusion.Dbsf()
+        res = self._shard.query(qe.QueryRequest(
+            limit=p.k, query=fusion, prefetches=sources, filter=flt, with_payload=True,
+            with_vector=[x for x in ("dense", "sparse") if x in opts.modes] or False))
+        return hits_from_fused(backend, q, opts, _pts(res), PAYLOAD_SEQ)
 
     def _search_params(self) -> Any:
         qe = self._qe

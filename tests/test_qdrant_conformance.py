@@ -373,3 +373,33 @@ def test_engine_keeps_every_acknowledged_batch_after_sigkill(tmp_path):
         assert shard.count(qe.CountRequest(exact=True)) == n + 1
     finally:
         shard.close()
+
+
+@pytest.fixture(scope="module")
+def edge_store(data, tmp_path_factory):
+    from m3_rag import QdrantEdgeStore
+
+    ids, texts, metas, docs, _ = data
+    s = QdrantEdgeStore(tmp_path_factory.mktemp("edge_store") / "s", batch_size=100)
+    s.add_encoded(docs, ids=ids, texts=texts, metadatas=metas)
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("fusion", ("rrf", "dbsf"))
+@pytest.mark.parametrize("modes", MODE_SETS[3:], ids=lambda m: "+".join(m))
+def test_edge_store_server_fusion_sends_the_same_request(stores, edge_store, data, modes, fusion):
+    """QdrantEdgeStore(server_fusion=True) builds the request QdrantHybridStore sends, natively: on the same engine
+    the results are identical, and they equal local mode's."""
+    local, edge, _ = stores
+    q = data[4]
+    for i in range(3):
+        for flt in (None, {"tags": {"$contains": "t1"}}):
+            want = edge.search_encoded(q[i], modes=modes, fusion=fusion, server_fusion=True, k=8, filter=flt)
+            got = edge_store.search_encoded(q[i], modes=modes, fusion=fusion, server_fusion=True, k=8, filter=flt)
+            _same(want, got)
+            _same(local.search_encoded(q[i], modes=modes, fusion=fusion, server_fusion=True, k=8, filter=flt), got)
+    with pytest.raises(ValueError, match="server_fusion"):
+        edge_store.search_encoded(q[0], fusion="weighted", server_fusion=True)
+    with pytest.raises(ValueError, match="DBSF takes no weights"):
+        edge_store.search_encoded(q[0], fusion="dbsf", weights=[1, 2, 1], server_fusion=True)

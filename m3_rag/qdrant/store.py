@@ -303,11 +303,10 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
     def _options(self, kwargs: Mapping[str, Any]) -> Any:
         from ..search import parse_options
 
+        from ..search.server_fusion import wants_server_fusion
+
         opts = parse_options(self._modes, encoder=self._encoder, extra_names=("server_fusion",), **kwargs)
-        server = opts.extra.get("server_fusion")
-        server = self.server_fusion if server is None else bool(server)
-        if server and opts.fusion == "weighted" and len(opts.modes) > 1:
-            raise ValueError("server_fusion=True supports fusion='rrf' or 'dbsf'; weighted fusion is computed exactly client-side")
+        wants_server_fusion(opts, self.server_fusion)  # refuses weighted fusion on the server
         return opts
 
     @serialised
@@ -322,9 +321,9 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
             return [[] for _ in range(len(queries))]
         check_query(queries, opts.modes, self._dims, self._sparse_dim)
         backend = QdrantBackend(self)
-        server = opts.extra.get("server_fusion")
-        server = self.server_fusion if server is None else bool(server)
-        if server and opts.fusion in ("rrf", "dbsf") and len(opts.modes) > 1:
+        from ..search.server_fusion import wants_server_fusion
+
+        if wants_server_fusion(opts, self.server_fusion):
             from .server_fusion import search_server_fusion
 
             return [search_server_fusion(self, backend, queries[i], opts) for i in range(len(queries))]
