@@ -198,3 +198,22 @@ def test_colbert_index_holds_compact_codecs():
     assert pq.codec.is_fitted and "colbert_codec_faiss_index.npy" in pq.to_arrays()[1]
     with pytest.raises(ValueError, match="at least 256"):
         ColbertIndex(32, "pq").prepare(docs[:3])
+
+
+def test_pooling_distances_match_pdist_and_give_the_same_clusters():
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import pdist
+
+    from m3_rag.index.pooling import _condensed_euclidean
+
+    rng = np.random.default_rng(11)
+    topics = rng.standard_normal((8, 64)).astype(np.float32)
+    for n in (2, 3, 17, 60):
+        x = (topics[rng.integers(0, 8, n)] + 0.7 * rng.standard_normal((n, 64))).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        ref = pdist(x.astype(np.float64))
+        np.testing.assert_allclose(_condensed_euclidean(x), ref, rtol=0, atol=1e-6)
+        k = max(1, n // 2)
+        a = fcluster(linkage(x.astype(np.float64), method="ward"), t=k, criterion="maxclust")
+        b = fcluster(linkage(_condensed_euclidean(x), method="ward"), t=k, criterion="maxclust")
+        assert (a == b).all()
