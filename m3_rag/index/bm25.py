@@ -28,7 +28,7 @@ import numpy as np
 
 from .base import ModeIndex, topk_stable
 
-__all__ = ["BM25Index", "BM25_VARIANTS", "Bm25Tokenizer"]
+__all__ = ["BM25Index", "BM25_VARIANTS", "Bm25Tokenizer", "check_bm25_options", "BM25_DEFAULTS"]
 
 #: bm25s's scoring variants (its ``method``); ``"lucene"`` is bm25s's default.
 BM25_VARIANTS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
@@ -54,6 +54,22 @@ def _import(name: str):
         raise ImportError(
             f"the bm25 mode needs bm25s and PyStemmer ({exc.name} is missing). Install them with: {_PIP}"
         ) from exc
+
+
+#: bm25s's defaults, the store's ``bm25_*`` options: PyStemmer language, stop-word list, k1, b, variant.
+BM25_DEFAULTS: dict[str, Any] = {"language": "english", "stopwords": "en", "k1": 1.5, "b": 0.75, "method": "lucene"}
+
+
+def check_bm25_options(language: str | None = "english", stopwords: str | Sequence[str] | None = "en",
+                       k1: float = 1.5, b: float = 0.75, method: str = "lucene") -> dict[str, Any]:
+    """Validate a store's ``bm25_*`` options (the same errors in every store) and return them as a dict.
+
+    Raises ``ValueError`` for an unknown PyStemmer language (naming the allowed ones), an unknown stop-word list,
+    ``k1 <= 0``, ``b`` outside ``[0, 1]`` or an unknown variant (:data:`BM25_VARIANTS`); ``TypeError`` for
+    non-numbers. Needs bm25s and PyStemmer (``ImportError`` with the install command otherwise)."""
+    BM25Index(k1, b, method, language=language, stopwords=stopwords)  # every check lives in the constructor
+    return {"language": language, "stopwords": stopwords if stopwords is None or isinstance(stopwords, str)
+            else list(stopwords), "k1": float(k1), "b": float(b), "method": method}
 
 
 class Bm25Tokenizer:
@@ -125,7 +141,7 @@ class BM25Index(ModeIndex):
     the live documents (float64 here, float32 in bm25s).
 
     Args:
-        k1: term-frequency saturation, ``>= 0`` (bm25s default 1.5).
+        k1: term-frequency saturation, ``> 0`` (bm25s default 1.5).
         b: length normalisation in ``[0, 1]`` (default 0.75).
         variant: one of :data:`BM25_VARIANTS` (default ``"lucene"``, like bm25s).
         delta: the BM25L / BM25+ ``delta`` (``>= 0``, default 0.5; ignored by the other variants).
@@ -148,8 +164,8 @@ class BM25Index(ModeIndex):
         for name, val in (("k1", k1), ("b", b), ("delta", delta)):
             if isinstance(val, bool) or not isinstance(val, (int, float)) or not np.isfinite(val):
                 raise TypeError(f"{name} must be a finite number; got {val!r}")
-        if k1 < 0:
-            raise ValueError(f"k1 must be >= 0; got {k1!r} (bm25s default: 1.5)")
+        if not k1 > 0:
+            raise ValueError(f"k1 must be > 0; got {k1!r} (bm25s default: 1.5)")
         if not 0.0 <= b <= 1.0:
             raise ValueError(f"b must be in [0, 1]; got {b!r} (bm25s default: 0.75)")
         if delta < 0:
