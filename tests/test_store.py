@@ -626,7 +626,7 @@ def test_damaged_index_gives_clear_value_error(tmp_path, damage, match):
         elif name == "shape":
             header["files"]["dense.npy"]["shape"] = [48, 99]
         elif name == "modes":
-            header["modes"] = ["dense", "bm25"]
+            header["modes"] = ["dense", "bm42"]
         header_path.write_text(json.dumps(header))
     with pytest.raises(ValueError, match=match):
         HybridStore.load(folder)

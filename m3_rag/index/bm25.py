@@ -210,25 +210,29 @@ class BM25Index(ModeIndex):
         }
 
     # ------------------------------------------------------------------------------------------ writes
-    def prepare(self, rows: Any) -> tuple[list[str], np.ndarray, dict[str, str]]:
-        """Tokenise document strings: ``(all words, lengths, stems of unseen words)``; changes nothing.
+    def prepare(self, rows: Any) -> tuple[list[str], np.ndarray, dict[str, str], np.ndarray]:
+        """Tokenise document strings: ``(all words, lengths, stems of unseen words, has-entry mask)``; changes nothing.
 
-        Raises ``TypeError`` on a non-string row."""
+        A ``None`` row (a document stored without text) gets a slot with no bm25 entry: it never matches and
+        does not count in IDF or the average length. Raises ``TypeError`` on any other non-string row."""
         if isinstance(rows, str) or not isinstance(rows, Sequence):
             raise TypeError(f"bm25 rows must be a sequence of strings; got {type(rows).__name__}")
         for i, t in enumerate(rows):
-            if not isinstance(t, str):
+            if t is not None and not isinstance(t, str):
                 raise TypeError(f"bm25 rows must be strings; row {i} is {type(t).__name__}")
-        words = self.tokenizer.split(rows)
+        present = np.array([t is not None for t in rows], bool)
+        words = self.tokenizer.split([t if t is not None else "" for t in rows])
         flat: list[str] = []
         for doc in words:
             flat.extend(doc)
         new = sorted(set(flat).difference(self._word_term))
-        return flat, np.array([len(d) for d in words], np.int64), dict(zip(new, self.tokenizer.stems_of(new)))
+        return (flat, np.array([len(d) for d in words], np.int64), dict(zip(new, self.tokenizer.stems_of(new))),
+                present)
 
-    def append(self, prepared: tuple[list[str], np.ndarray, dict[str, str]]) -> None:
-        """Add tokenised documents as the next (live) slots; new stems extend the vocabulary."""
-        flat, lengths, new = prepared
+    def append(self, prepared: tuple[list[str], np.ndarray, dict[str, str], np.ndarray]) -> None:
+        """Add tokenised documents as the next slots (live, except rows without text); new stems extend the
+        vocabulary."""
+        flat, lengths, new, present = prepared
         vocab, terms_list, word_term = self._vocab, self._terms_list, self._word_term
         for w, stem in new.items():
             t = vocab.get(stem)
@@ -249,13 +253,27 @@ class BM25Index(ModeIndex):
         self._tfs = np.concatenate([self._tfs, np.array(counts, np.float32)])
         self._indptr = np.concatenate([self._indptr, self._indptr[-1] + np.cumsum(sizes)])
         self._len = np.concatenate([self._len, lengths])
-        self._alive = np.concatenate([self._alive, np.ones(n_docs, bool)])
+        self._alive = np.concatenate([self._alive, present])
         df = np.zeros(len(terms_list), np.int64)
         df[: self._df.shape[0]] = self._df
-        self._df = df + np.bincount(new_terms, minlength=len(terms_list))
-        self._n_live += n_docs
+        self._df = df + np.bincount(new_terms, minlength=len(terms_list))  # rows without text have no postings
+        self._n_live += int(present.sum())
         self._total_len += float(lengths.sum())
         self._inv = None
+
+    def _copy_state(self) -> None:
+        # append grows the vocabulary dicts in place and replaces every array: copy the dicts
+        self._vocab, self._terms_list, self._word_term = dict(self._vocab), list(self._terms_list), dict(self._word_term)
+
+    def discarded(self, slots: np.ndarray) -> "BM25Index":
+        """A copy of self with :meth:`discard` applied (self is unchanged): for all-or-nothing store mutations."""
+        import copy
+
+        out = copy.copy(self)
+        out._alive, out._df = self._alive.copy(), self._df.copy()
+        out._inv = None
+        out.discard(slots)
+        return out
 
     def discard(self, slots: np.ndarray) -> None:
         """Stop counting ``slots`` in IDF and average length (the store tombstoned them). Idempotent."""
@@ -393,6 +411,15 @@ class BM25Index(ModeIndex):
             scores += float((mult * idf).sum() * tfc0)
         return scores, matched
 
+    def full_scores(self, Q: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per query: ``(scores over every slot, matched mask)`` (matched: the slot is live and contains at least
+        one query stem). A query without a known stem matches nothing."""
+        out = []
+        for t, m in self.query_terms(Q):
+            scores, matched = self._scores_full(t, m)
+            out.append((scores, matched & self._alive))
+        return out
+
     def topk(self, Q: Sequence[str], k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` among allowed live slots that contain at least one query stem; ``-1``-padded.
 
@@ -480,7 +507,9 @@ class BM25Index(ModeIndex):
         out._alive = load("bm25_alive.npy", np.bool_, 1, rows=n)
         out._terms = load("bm25_terms.npy", np.int32, 1)
         out._tfs = load("bm25_tfs.npy", np.float32, 1, rows=out._terms.shape[0])
-        vocab = load("bm25_vocab.npy", np.str_, 1, rows=int(meta["n_terms"]))
+        vocab = load("bm25_vocab.npy", None, 1, rows=int(meta["n_terms"]))
+        if vocab.dtype.kind != "U":
+            raise ValueError(f"bm25_vocab.npy must hold unicode strings; got dtype {vocab.dtype}")
         out._terms_list = [str(w) for w in vocab.tolist()]
         out._vocab = {w: i for i, w in enumerate(out._terms_list)}
         out._word_term = {}
