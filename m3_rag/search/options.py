@@ -128,6 +128,11 @@ def parse_options(
         fusion = default_fusion(encoder)
     if held:
         missing = [m for m in mode_t if m not in held]
+        if missing == ["bm25"]:
+            raise ValueError(
+                f"this store does not hold the bm25 mode (it holds {tuple(held)}); bm25 must be declared when the "
+                "store is made, e.g. HybridStore(encoder, modes=('dense', 'sparse', 'colbert', 'bm25'))"
+            )
         if missing:
             raise ValueError(
                 f"this store holds no {missing} vectors (it holds {tuple(held)}); search modes={tuple(held)} "
