@@ -159,24 +159,27 @@ class _MemoryBackend(SearchBackend):
         from .index import topk_stable
 
         out = []
-        for scores, matched in index.full_scores(Q.text):  # type: ignore[arg-type]
-            ok = matched if allowed is None else (matched & allowed)
-            cand = np.flatnonzero(ok)
-            top = cand[topk_stable(scores[cand], min(depth, cand.size))] if cand.size else cand
+        for entry in index.sparse_scores(Q.text):  # type: ignore[arg-type]
+            u, sc, base = entry  # live matching slots, ascending, and their scores
+            if allowed is not None and u.size:
+                keep = allowed[u]
+                u, sc = u[keep], sc[keep]
+            sel = topk_stable(sc, min(depth, u.size)) if u.size else np.zeros(0, np.int64)
+            top, top_s = u[sel], sc[sel]
             if pad and top.size < depth:
-                rest = ~ok if allowed is None else (allowed & ~ok)
-                if allowed is None and self.s._n_dead:
-                    rest &= self.s._alive
-                top = np.concatenate([top, np.flatnonzero(rest)[: depth - top.size]])
-            out.append(Candidates(top, top, {"bm25": scores[top]}, {"bm25_full": scores}))
+                rest = (self.s._alive if allowed is None else allowed).copy()
+                rest[u] = False
+                fill = np.flatnonzero(rest)[: depth - top.size]
+                top, top_s = np.concatenate([top, fill]), np.concatenate([top_s, np.full(fill.size, base)])
+            out.append(Candidates(top, top, {"bm25": top_s}, {"bm25_sparse": entry}))
         return out
 
     def score(self, mode: str, q: M3Output, cands: Candidates) -> np.ndarray:
         if mode == "sparse" and "sparse_full" in cands.cache:
             return cands.cache["sparse_full"][cands.keys]
         if mode == "bm25":
-            if "bm25_full" in cands.cache:
-                return cands.cache["bm25_full"][cands.keys]
+            if "bm25_sparse" in cands.cache:
+                return BM25Index.lookup(cands.cache["bm25_sparse"], cands.keys)
             return self.s._indexes[mode].score(q.text, [cands.keys])[0]
         return self.s._indexes[mode].score(self._q(mode, q), [cands.keys])[0]
 

@@ -327,15 +327,20 @@ class BM25Index(ModeIndex):
 
     # ------------------------------------------------------------------------------------------ scoring
     def _inverted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Term-major postings of live docs: ``(indptr over terms, doc slots, tfs)`` (rebuilt after writes)."""
+        """Term-major postings of live docs: ``(indptr over terms, doc slots, weights)`` where a posting's weight is
+        its ``idf * (tfc - tfc0)`` under the current statistics (rebuilt after writes, which reset the cache)."""
         if self._inv is None:
             doc = np.repeat(np.arange(len(self), dtype=np.int32), np.diff(self._indptr))
             live = self._alive[doc]
             doc, terms, tfs = doc[live], self._terms[live], self._tfs[live]
-            order = np.argsort(terms, kind="stable")
+            order = np.argsort(terms, kind="stable")  # docs stay ascending within each term
+            doc, terms, tfs = doc[order], terms[order], tfs[order]
             indptr = np.zeros(len(self._terms_list) + 1, np.int64)
             np.cumsum(np.bincount(terms, minlength=len(self._terms_list)), out=indptr[1:])
-            self._inv = (indptr, doc[order], tfs[order])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                idf = self._idf(self._df)
+            weight = idf[terms] * (self._tfc(tfs.astype(np.float64), self._len[doc]) - self._tfc0())
+            self._inv = (indptr, doc, weight)
         return self._inv
 
     def _idf(self, df: np.ndarray) -> np.ndarray:
@@ -389,36 +394,51 @@ class BM25Index(ModeIndex):
             out.append((t[live], m[live].astype(np.float64)))
         return out
 
+    def _scores_sparse(self, terms: np.ndarray, mult: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(matched live slots ascending, their scores, the score of an unmatched slot)`` of one query."""
+        base = float((mult * self._idf(self._df[terms])).sum() * self._tfc0()) if terms.size and self._tfc0() else 0.0
+        if not terms.size:
+            return np.zeros(0, np.int64), np.zeros(0, np.float64), base
+        indptr, docs, weight = self._inverted()
+        starts, ends = indptr[terms], indptr[terms + 1]
+        if terms.size == 1:  # one posting list: already unique and ascending
+            d = docs[starts[0]:ends[0]].astype(np.int64)
+            return d, weight[starts[0]:ends[0]] * mult[0] + base, base
+        sizes = ends - starts
+        total = int(sizes.sum())
+        offs = np.repeat(starts - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
+        pos = np.arange(total, dtype=np.int64) + offs
+        d = docs[pos]
+        w = np.repeat(mult, sizes) * weight[pos]
+        n = len(self)
+        if total * 16 > n:  # dense accumulation: O(n) but no sort
+            acc = np.bincount(d, weights=w, minlength=n)
+            hit = np.zeros(n, bool)
+            hit[d] = True
+            u = np.flatnonzero(hit)
+            return u, acc[u] + base, base
+        u, inv = np.unique(d, return_inverse=True)
+        return u.astype(np.int64), np.bincount(inv.reshape(-1), weights=w) + base, base
+
     def _scores_full(self, terms: np.ndarray, mult: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(scores over all slots, matched mask)."""
         n = len(self)
-        scores = np.zeros(n, np.float64)
+        u, sc, base = self._scores_sparse(terms, mult)
+        scores = np.full(n, base, np.float64)
         matched = np.zeros(n, bool)
-        if not terms.size:
-            return scores, matched
-        indptr, docs, tfs = self._inverted()
-        starts, ends = indptr[terms], indptr[terms + 1]
-        sizes = ends - starts
-        offs = np.repeat(starts - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
-        pos = np.arange(int(sizes.sum()), dtype=np.int64) + offs
-        d = docs[pos]
-        idf = self._idf(self._df[terms])
-        tfc0 = self._tfc0()
-        w = np.repeat(mult * idf, sizes) * (self._tfc(tfs[pos].astype(np.float64), self._len[d]) - tfc0)
-        scores += np.bincount(d, weights=w, minlength=n)
-        matched[d] = True
-        if tfc0:
-            scores += float((mult * idf).sum() * tfc0)
+        scores[u] = sc
+        matched[u] = True
         return scores, matched
+
+    def sparse_scores(self, Q: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        """Per query: ``(slots, scores, unmatched score)``: the live slots containing at least one query stem
+        (ascending), their scores, and the score every other slot gets (0 except for BM25L/BM25+)."""
+        return [self._scores_sparse(t, m) for t, m in self.query_terms(Q)]
 
     def full_scores(self, Q: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per query: ``(scores over every slot, matched mask)`` (matched: the slot is live and contains at least
         one query stem). A query without a known stem matches nothing."""
-        out = []
-        for t, m in self.query_terms(Q):
-            scores, matched = self._scores_full(t, m)
-            out.append((scores, matched & self._alive))
-        return out
+        return [self._scores_full(t, m) for t, m in self.query_terms(Q)]
 
     def topk(self, Q: Sequence[str], k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` among allowed live slots that contain at least one query stem; ``-1``-padded.
@@ -434,14 +454,15 @@ class BM25Index(ModeIndex):
             allowed = np.asarray(allowed, bool)
             if allowed.shape != (len(self),):
                 raise ValueError(f"allowed must be a boolean mask of {len(self)} slots; got shape {allowed.shape}")
-        ok = self._alive if allowed is None else (self._alive & allowed)
         for r, (t, m) in enumerate(qt):
-            scores, matched = self._scores_full(t, m)
-            cand = np.flatnonzero(matched & ok)
-            if not cand.size:
+            u, sc, _ = self._scores_sparse(t, m)  # live matched slots only
+            if allowed is not None and u.size:
+                keep = allowed[u]
+                u, sc = u[keep], sc[keep]
+            if not u.size:
                 continue
-            sel = cand[topk_stable(scores[cand], min(k, cand.size))]
-            out_s[r, : sel.size], out_i[r, : sel.size] = scores[sel], sel
+            top = topk_stable(sc, min(k, u.size))  # ties: ascending index = ascending slot
+            out_s[r, : top.size], out_i[r, : top.size] = sc[top], u[top]
         return out_s, out_i
 
     def score(self, Q: Sequence[str], slots: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -451,9 +472,19 @@ class BM25Index(ModeIndex):
             raise ValueError(f"score: {len(qt)} queries but {len(slots)} slot arrays")
         out = []
         for (t, m), s in zip(qt, slots):
-            s = np.asarray(s, np.int64)
-            out.append(self._scores_full(t, m)[0][s] if s.size else np.zeros(0, np.float64))
+            out.append(self.lookup(self._scores_sparse(t, m), np.asarray(s, np.int64)))
         return out
+
+    @staticmethod
+    def lookup(sparse: tuple[np.ndarray, np.ndarray, float], slots: np.ndarray) -> np.ndarray:
+        """The scores of ``slots`` from one query's :meth:`sparse_scores` entry."""
+        u, sc, base = sparse
+        slots = np.asarray(slots, np.int64)
+        if not slots.size:
+            return np.zeros(0, np.float64)
+        idx = np.minimum(np.searchsorted(u, slots), max(u.size - 1, 0))
+        found = (u[idx] == slots) if u.size else np.zeros(slots.shape, bool)
+        return np.where(found, sc[idx] if u.size else 0.0, base)
 
     def explain(self, query: str, slot: int) -> dict[str, float]:
         """Matched stems of ``query`` in document ``slot`` and each one's contribution to its score."""
