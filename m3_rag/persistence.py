@@ -143,7 +143,7 @@ def _write(store: "HybridStore", folder: Path) -> None:
     w = _Writer(folder)
     header: dict[str, Any] = {
         "format": FORMAT_NAME, "format_version": 2 if "bm25" in store.modes else 1, "fingerprint": store.fingerprint,
-        "modes": list(store.modes), "count": len(store._slot_ids), "dense_dim": store.dense_dim,
+        "modes": list(store._modes or ()), "count": len(store._slot_ids), "dense_dim": store.dense_dim,
         "colbert_dim": store.colbert_dim, "colbert_dtype": store.colbert_dtype, "dense_index": store.dense_index,
         "hnsw_m": store.hnsw_m, "hnsw_ef_search": store.hnsw_ef_search,
         "hnsw_ef_construction": store.hnsw_ef_construction, "sparse_nnz": 0, "colbert_tokens": 0,

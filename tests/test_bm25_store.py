@@ -82,6 +82,7 @@ def test_bm25_alone_needs_no_encoder_and_empty_query_is_empty():
     store.add(["the quick brown fox", "lazy dogs sleep", "quick foxes"], ids=["a", "b", "c"])
     assert store.modes == ("bm25",)
     assert [h.id for h in store.search("quick fox", modes="bm25")] == ["c", "a"]
+    assert [h.id for h in store.search("quick fox")] == ["c", "a"]  # the default modes of a bm25-only store
     assert store.search("", modes="bm25") == []
     assert store.search("the and of", modes="bm25") == []  # stop-words only: no term, no error
     assert store.search("zebra", modes="bm25") == []
@@ -334,3 +335,12 @@ def test_failed_mutations_change_bm25_nothing(monkeypatch, where: str):
     assert _state(store) == before
     store.delete(["d0"])  # a small delete (no compaction) builds a new bm25 index: the old one is untouched
     assert store._indexes["bm25"].n_live == before[2] - 1
+
+
+def test_empty_declared_store_round_trip(tmp_path: Path):
+    HybridStore(modes=("dense", "bm25"), bm25_k1=1.2).save(tmp_path / "e")
+    back = HybridStore.load(tmp_path / "e")
+    assert back.modes == ("dense", "bm25") and back.bm25_options["k1"] == 1.2 and len(back) == 0
+    back.add_encoded(make_encoded(np.random.default_rng(0), 2, modes=("dense",)), ids=["a", "b"],
+                     texts=["hello world", "other"])
+    assert [h.id for h in back.search_encoded(M3Output(text=["hello"]), modes="bm25")] == ["a"]

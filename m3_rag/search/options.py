@@ -49,12 +49,15 @@ def default_weights(encoder: Any | None, modes: Sequence[str] | None = None) -> 
 
 def default_modes(encoder: Any | None, held: Sequence[str] | None) -> tuple[str, ...]:
     """The modes searched when the caller gives none: the model's ``default_modes`` (from its
-    ``m3_model.json``) restricted to the modes the store holds, else :data:`m3_rag.types.MODES`."""
+    ``m3_model.json``) restricted to the modes the store holds, else :data:`m3_rag.types.MODES` (or, for a store
+    holding none of those, such as a bm25-only store, its own modes)."""
     declared = getattr(encoder, "default_modes", None) if encoder is not None else None
     if declared:
         picked = tuple(m for m in STORE_MODES if m in declared and (not held or m in held))
         if picked:
             return picked
+    if held and not any(m in MODES for m in held):
+        return tuple(held)
     return MODES
 
 
