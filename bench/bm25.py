@@ -11,7 +11,8 @@ with the same tokeniser (bm25s.tokenize, English stop-words, PyStemmer English).
 * index: tokenise + build (bm25s: ``tokenize`` + ``BM25.index``, which precomputes ``idf * tfc`` per posting;
   ours: ``prepare`` + ``append`` + the term-major rebuild the first query pays);
 * query: tokenise + top-10 of every query, one query at a time (bm25s ``retrieve(n_threads=1)``;
-  ours ``BM25Index.topk``), after a warm-up query;
+  ours ``BM25Index.topk``), after a warm-up query; and the same through the store
+  (``HybridStore(modes="bm25").search(q, modes="bm25", k=10)``: the search pipeline, ``Hit`` objects with texts);
 * update (ours only; bm25s has no update and must re-index): discard 1% of the docs + add 1% and answer
   one query (statistics recomputed, term-major lists rebuilt).
 
@@ -96,6 +97,18 @@ def main() -> None:
     our_res = [ix.topk([q], 10, None) for q in queries]
     t_our_q = time.perf_counter() - t0
 
+    # the same through the store and the search pipeline (HybridStore(modes="bm25").search: hits with texts)
+    from m3_rag import HybridStore
+
+    store = HybridStore(modes="bm25")
+    store.add(docs, ids=[str(i) for i in range(len(docs))])
+    store.search(queries[0], modes="bm25", k=10)
+    t0 = time.perf_counter()
+    for q in queries:
+        store.search(q, modes="bm25", k=10)
+    t_store_q = time.perf_counter() - t0
+    del store
+
     agree, diff = 0, 0.0
     for r, (s, i) in zip(ref_res, our_res):
         if r is None:
@@ -118,6 +131,8 @@ def main() -> None:
         "index_s": {"bm25s": round(t_ref_index, 3), "m3_rag": round(t_our_index, 3)},
         "queries_per_s": {"bm25s": round(len(queries) / t_ref_q, 1), "m3_rag": round(len(queries) / t_our_q, 1)},
         "query_speedup_vs_bm25s": round(t_ref_q / t_our_q, 3),
+        "store_queries_per_s": round(len(queries) / t_store_q, 1),
+        "store_query_speedup_vs_bm25s": round(t_ref_q / t_store_q, 3),
         "index_speedup_vs_bm25s": round(t_ref_index / t_our_index, 3),
         "update_1pct_delete_plus_1pct_add_then_query_s": round(t_upd, 3),
         "top10_same_docs_fraction": round(agree / len(queries), 4),

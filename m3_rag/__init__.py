@@ -5,7 +5,7 @@ This module only re-exports the public API; ``tests/test_public_api.py`` pins it
 
 from .encoder import M3Encoder, MissingHeadError, ModelNotFoundError
 from .scoring import colbert_score, colbert_scores, dense_scores, lexical_score, lexical_scores
-from .types import MODES, Hit, M3Output, Record
+from .types import MODES, STORE_MODES, Hit, M3Output, Record
 from .fusion import DEFAULT_WEIGHTS, FUSIONS, fuse_dbsf, fuse_rrf, fuse_weighted
 from .store import HybridStore
 
@@ -17,6 +17,7 @@ __all__ = [
     "Hit",
     "Record",
     "MODES",
+    "STORE_MODES",
     "MissingHeadError",
     "ModelNotFoundError",
     "lexical_score",

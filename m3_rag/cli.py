@@ -53,7 +53,7 @@ INPUT_SUFFIXES = (".txt", ".md", ".jsonl")
 DEFAULT_CHUNK_WORDS = 200
 #: seconds ``m3-rag index`` runs before it shows a progress bar (quick runs print none)
 PROGRESS_DELAY = 2.0
-_MODES = ("dense", "sparse", "colbert")
+_MODES = ("dense", "sparse", "colbert", "bm25")
 #: Written by ``m3-rag index`` next to the store files: the --model used, so ``search`` can default to it.
 INDEX_INFO = "m3_rag_index.json"
 
@@ -380,9 +380,16 @@ def _cmd_index(args: argparse.Namespace) -> int:
     if not texts:
         raise CLIError(f"{args.input}: the documents hold no text; nothing to index" + _skip_summary(skipped))
     encoder = load_model(args.model, device=args.device, **_fast_args(args))
-    store = HybridStore(encoder, show_progress=False, colbert_storage=args.colbert_storage,
-                        colbert_pool_factor=args.colbert_pool_factor)
-    _err(f"indexing {len(texts)} chunks from {len(docs)} documents with {encoder.name} ({', '.join(encoder.available_modes)})")
+    modes = tuple(encoder.available_modes) + (("bm25",) if args.bm25 else ())
+    bm25_kw = {"bm25_language": None if args.bm25_language == "none" else args.bm25_language} if args.bm25 else {}
+    try:
+        store = HybridStore(encoder, show_progress=False, colbert_storage=args.colbert_storage,
+                            colbert_pool_factor=args.colbert_pool_factor, modes=modes, **bm25_kw)
+    except ImportError as exc:
+        raise CLIError(str(exc)) from exc
+    except ValueError as exc:
+        raise CLIError(f"--bm25-language: {exc}") from exc
+    _err(f"indexing {len(texts)} chunks from {len(docs)} documents with {encoder.name} ({', '.join(modes)})")
     step = max(args.batch_size * 8, 64)
     # the bar appears only once indexing has run for PROGRESS_DELAY seconds: a small folder prints none
     with tqdm(total=len(texts), desc="index", unit="chunk", file=sys.stderr, disable=args.quiet,
@@ -479,11 +486,19 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_mode_set(ev: Any, spec: str) -> bool:
+    try:
+        ev.parse_modes(spec)
+    except ValueError:
+        return False  # reported below, with the others
+    return True
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from . import eval as ev
 
     dataset = ev.load_beir(args.dataset, args.split)  # fail on a bad dataset before loading the model
-    if args.bm25:
+    if args.bm25 or any("bm25" in ev.parse_modes(g) for g in (args.modes or []) if _is_mode_set(ev, g)):
         try:
             import bm25s  # noqa: F401
             import Stemmer  # noqa: F401
@@ -500,7 +515,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise CLIError(str(exc)) from exc
     encoder = load_model(args.model, device=args.device, **_fast_args(args))
     if grid is not None:
-        missing = sorted({m for g in grid for m in g} - set(encoder.available_modes))
+        missing = sorted({m for g in grid for m in g if m != "bm25"} - set(encoder.available_modes))
         if missing:
             raise CLIError(
                 f"the model {args.model or DEFAULT_MODEL} has no {'/'.join(missing)} head (it has "
@@ -662,6 +677,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a file that cannot be decoded: skip it with a warning, or stop (default %(default)s)",
     )
     _add_colbert_storage(p)
+    p.add_argument("--bm25", action="store_true", help="also index the chunks for the bm25 mode (BM25 over the texts; "
+                   'needs pip install "m3-rag[bm25]")')
+    p.add_argument("--bm25-language", default="english", metavar="LANG",
+                   help="PyStemmer language of the bm25 stemmer, or 'none' (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (warnings and the summary still print)")
     _add_common(p)
     _add_fast(p)
@@ -689,7 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dataset", metavar="DATASET_DIR", help="BEIR collection folder")
     p.add_argument("--split", default="test", help="qrels split: qrels/<split>.tsv (default %(default)s)")
-    p.add_argument("--modes", nargs="+", metavar="MODES", help="mode sets, e.g. dense sparse dense+sparse all (default: each mode, dense+sparse, all three)")
+    p.add_argument("--modes", nargs="+", metavar="MODES", help="mode sets, e.g. dense sparse dense+sparse all dense+sparse+colbert+bm25 (bm25: the store's BM25 mode; default: each mode, dense+sparse, all three)")
     p.add_argument("--fusion", nargs="+", choices=("weighted", "rrf", "dbsf"), default=["weighted", "rrf", "dbsf"], help="fusions for multi-mode sets (default: all)")
     p.add_argument(
         "--keep-identical-ids",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import contextlib
 import difflib
 import json
@@ -384,6 +385,13 @@ class M3Encoder:
         #: ``fusion_weights`` entry of an ``m3_model.json`` beside the heads), or ``None``.
         #: ``m3-rag eval`` uses them; ``HybridStore`` keeps FlagEmbedding's defaults unless told otherwise.
         self.fusion_weights: dict[str, float] | None = None
+        #: Recommended weights per exact mode set (``m3_model.json``'s ``fusion_weights_by_modes``), keyed by the
+        #: modes in canonical order joined by ``+`` (``"dense+sparse+colbert+bm25"``), or ``None``.
+        self.fusion_weights_by_modes: dict[str, dict[str, float]] | None = None
+        #: The modes searched when the caller gives none (``default_modes``; restricted to the store's), or ``None``.
+        self.default_modes: tuple[str, ...] | None = None
+        #: The fusion used when the caller gives none (``default_fusion``), or ``None`` (``"weighted"``).
+        self.default_fusion: str | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -506,8 +514,8 @@ class M3Encoder:
         if max_seq_length is not None:
             enc.max_seq_length = min(enc.max_seq_length, enc._position_limit())
         meta = _read_json(head_dir / "m3_model.json")
-        if meta and isinstance(meta.get("fusion_weights"), dict):
-            enc.fusion_weights = {str(m): float(w) for m, w in meta["fusion_weights"].items()}
+        if meta:
+            enc._read_search_defaults(meta, head_dir / "m3_model.json")
         if meta and "sparse_drop_special_tokens" in meta:
             flag = meta["sparse_drop_special_tokens"]
             if not isinstance(flag, bool):
@@ -520,6 +528,58 @@ class M3Encoder:
         if quantize is not None or backend != "torch" or num_threads is not None:
             enc._setup_fast(quantize=quantize, backend=backend, num_threads=num_threads, onnx_cache_dir=onnx_cache_dir)
         return enc
+
+    def _read_search_defaults(self, meta: Mapping[str, Any], where: Any) -> None:
+        """Read the optional search defaults of an ``m3_model.json``: ``fusion_weights`` (mode -> weight),
+        ``fusion_weights_by_modes`` (mode-set key -> weights for exactly those modes), ``default_modes`` (a list)
+        and ``default_fusion`` (``"weighted"``, ``"rrf"`` or ``"dbsf"``). Raises ``ValueError`` on a malformed entry."""
+        from .fusion import FUSIONS
+        from .search.options import modes_key
+        from .types import STORE_MODES
+
+        def weights(obj: Any, name: str) -> dict[str, float]:
+            if not isinstance(obj, dict) or not obj:
+                raise ValueError(f"{where}: {name} must be a non-empty object mode -> weight; got {obj!r:.80}")
+            out = {}
+            for m, w in obj.items():
+                if m not in STORE_MODES:
+                    raise ValueError(f"{where}: {name} names unknown mode {m!r}; modes are {', '.join(STORE_MODES)}")
+                if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+                    raise ValueError(f"{where}: {name}[{m!r}] must be a finite number >= 0; got {w!r}")
+                out[m] = float(w)
+            return out
+
+        if "fusion_weights" in meta:
+            self.fusion_weights = weights(meta["fusion_weights"], "fusion_weights")
+        if "fusion_weights_by_modes" in meta:
+            by = meta["fusion_weights_by_modes"]
+            if not isinstance(by, dict):
+                raise ValueError(f"{where}: fusion_weights_by_modes must be an object; got {type(by).__name__}")
+            parsed = {}
+            for key, w in by.items():
+                parts = key.split("+") if isinstance(key, str) else []
+                if not parts or any(p not in STORE_MODES for p in parts) or modes_key(parts) != key:
+                    raise ValueError(
+                        f"{where}: fusion_weights_by_modes key {key!r} must name modes in the order "
+                        f"{'+'.join(STORE_MODES)} (e.g. 'dense+bm25')"
+                    )
+                ws = weights(w, f"fusion_weights_by_modes[{key!r}]")
+                if set(ws) != set(parts):
+                    raise ValueError(f"{where}: fusion_weights_by_modes[{key!r}] must give a weight to exactly {parts}")
+                parsed[key] = ws
+            self.fusion_weights_by_modes = parsed
+        if "default_modes" in meta:
+            dm = meta["default_modes"]
+            if (not isinstance(dm, list) or not dm or any(m not in STORE_MODES for m in dm)
+                    or len(set(dm)) != len(dm)):
+                raise ValueError(f"{where}: default_modes must be a non-empty list of distinct modes from "
+                                 f"{', '.join(STORE_MODES)}; got {dm!r:.80}")
+            self.default_modes = tuple(m for m in STORE_MODES if m in dm)
+        if "default_fusion" in meta:
+            df = meta["default_fusion"]
+            if df not in FUSIONS:
+                raise ValueError(f"{where}: default_fusion must be one of {', '.join(FUSIONS)}; got {df!r}")
+            self.default_fusion = df
 
     def drop_special_tokens_from_sparse(self) -> None:
         """Give every special token of the tokenizer (``tokenizer.all_special_ids``: [CLS], [SEP], [PAD], [UNK],

@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ._jsonl import iter_jsonl
-from .fusion import DEFAULT_WEIGHTS, FUSIONS, fuse_weighted
-from .types import MODES, M3Output
+from .fusion import FUSIONS, fuse_weighted
+from .types import MODES, STORE_MODES, M3Output
 
 if TYPE_CHECKING:
     from .encoder import M3Encoder
@@ -333,17 +333,20 @@ def split_queries(query_ids: Sequence[str], dev_fraction: float = 0.5, seed: int
 
 # ---------------------------------------------------------------------------------------------- grid
 def parse_modes(spec: str | Sequence[str]) -> tuple[str, ...]:
-    """``"dense+sparse"`` or ``["dense", "sparse"]`` -> ``("dense", "sparse")`` in canonical order; ``"all"`` = all three."""
+    """``"dense+sparse"`` or ``["dense", "sparse"]`` -> ``("dense", "sparse")`` in canonical order; ``"all"`` = the
+    three M3 modes. ``bm25`` (the store's BM25 mode over the document texts) may be part of a set:
+    ``"dense+sparse+colbert+bm25"``."""
     parts = spec.replace(",", "+").split("+") if isinstance(spec, str) else list(spec)
     parts = [p.strip().lower() for p in parts if p.strip()]
     if parts == ["all"]:
         return MODES
-    bad = [p for p in parts if p not in MODES]
+    bad = [p for p in parts if p not in STORE_MODES]
     if bad or not parts:
         raise ValueError(
-            f"unknown mode(s) {bad or spec!r}; allowed: {', '.join(MODES)}, joined with '+' (e.g. dense+sparse) or 'all'"
+            f"unknown mode(s) {bad or spec!r}; allowed: {', '.join(STORE_MODES)}, joined with '+' (e.g. dense+sparse) "
+            "or 'all'"
         )
-    return tuple(m for m in MODES if m in parts)
+    return tuple(m for m in STORE_MODES if m in parts)
 
 
 def default_grid(available: Sequence[str]) -> list[tuple[str, ...]]:
@@ -481,6 +484,10 @@ def encode_corpus(
     ``colbert_storage`` and ``colbert_pool_factor`` are the store's ColBERT options; a setting other than the
     defaults (fp16, no pooling) is part of the cache key, so each setting is encoded and cached apart.
 
+    ``bm25`` in ``modes`` adds the store's BM25 mode over the corpus texts (bm25s's defaults: English stemmer and
+    stop-words, k1 1.5, b 0.75). A cached entry holding the vector modes but not bm25 is reused (its vectors
+    re-added to a store that also holds bm25) when its ColBERT storage is lossless (fp16/fp32).
+
     The cache folder is ``<cache_dir>/<dataset>-<key>-<modes>``, where ``key`` hashes the encoder
     fingerprint, the corpus fingerprint and ``max_length``; any cached entry holding a superset of
     ``modes`` is reused. ``cache_dir=None`` disables the cache.
@@ -489,8 +496,8 @@ def encode_corpus(
         ``(store, from_cache)``.
     """
     HybridStore = _store_cls()
-    modes = tuple(m for m in MODES if m in modes)
-    missing = [m for m in modes if m not in encoder.available_modes]
+    modes = tuple(m for m in STORE_MODES if m in modes)
+    missing = [m for m in modes if m != "bm25" and m not in encoder.available_modes]
     if missing:
         raise ValueError(
             f"the model {encoder.name!r} cannot produce mode(s) {missing}; it has {list(encoder.available_modes)}. "
@@ -505,6 +512,8 @@ def encode_corpus(
     key = hashlib.sha256(settings.encode()).hexdigest()[:16]
     prefix = f"{dataset.name}-{key}-"
     root = Path(cache_dir).expanduser() if cache_dir is not None else None
+    vector_modes = tuple(m for m in modes if m != "bm25")
+    ids = list(dataset.corpus)
     if root is not None:
         for path, held in _cache_entries(root, prefix):
             if set(modes) <= set(held):
@@ -512,11 +521,26 @@ def encode_corpus(
                     return HybridStore.load(path, encoder=encoder, show_progress=show_progress), True
                 except (OSError, ValueError) as exc:  # a damaged entry is rebuilt, and said so
                     warnings.warn(f"ignoring the unreadable eval cache {path}: {exc}", stacklevel=2)
+        if "bm25" in modes and colbert_storage in ("fp16", "fp32"):
+            for path, held in _cache_entries(root, prefix):
+                if set(vector_modes) <= set(held) and "bm25" not in held:
+                    try:
+                        cached = HybridStore.load(path, encoder=encoder, show_progress=show_progress)
+                    except (OSError, ValueError):
+                        continue
+                    c_ids, c_enc, _, _ = cached.export()
+                    if sorted(c_ids) != sorted(ids):
+                        continue
+                    store = HybridStore(encoder, show_progress=False, colbert_storage=colbert_storage,
+                                        colbert_pool_factor=colbert_pool_factor,
+                                        modes=tuple(m for m in cached.modes) + ("bm25",))
+                    store._add_exported(c_enc, ids=c_ids, texts=[dataset.corpus[i] for i in c_ids])
+                    return store, True
     from ._progress import tqdm
 
-    ids = list(dataset.corpus)
     kwargs: dict[str, Any] = {} if max_length is None else {"max_length": max_length}
-    store = HybridStore(encoder, show_progress=False, colbert_storage=colbert_storage, colbert_pool_factor=colbert_pool_factor)
+    store = HybridStore(encoder, show_progress=False, colbert_storage=colbert_storage, colbert_pool_factor=colbert_pool_factor,
+                        modes=modes)
     with tqdm(total=len(ids), desc=f"encode {dataset.name}", unit="doc", disable=not show_progress) as bar:
         # slices bound the float32 ColBERT vectors held before the store packs them
         for start in range(0, len(ids), ENCODE_SLICE):
@@ -529,8 +553,8 @@ def encode_corpus(
                 batch_size=batch_size,
                 show_progress=False,
                 **kwargs,
-            )
-            store.add_encoded(encoded, ids=part)
+            ) if vector_modes else M3Output(text=[dataset.corpus[i] for i in part])
+            store.add_encoded(encoded, ids=part, texts=[dataset.corpus[i] for i in part] if "bm25" in modes else None)
             bar.update(len(part))
     if root is not None:
         path = root / (prefix + "+".join(modes))
@@ -581,6 +605,7 @@ def _search_runs(
         kwargs.update(fusion=fusion, candidates=max(candidates, depth + 1))
         if weights is not None and fusion == "weighted" and all(m in weights for m in modes):
             kwargs["weights"] = {m: weights[m] for m in modes}
+        # else: the store's defaults, the model's recommended weights for this mode set (fusion_weights_by_modes)
     results = store.search_encoded_batch(queries, **kwargs)
     return {
         qid: _hits_to_run(hits, qid if ignore_identical_ids else None, depth) for qid, hits in zip(qids, results)
@@ -679,7 +704,7 @@ def sweep_weights(
     Returns:
         A :class:`SweepResult`.
     """
-    modes = tuple(m for m in MODES if m in modes)
+    modes = tuple(m for m in STORE_MODES if m in modes)
     if len(modes) < 2:
         raise ValueError(f"a weight sweep needs at least two modes; got {list(modes)}")
     qids = list(qids)
@@ -696,7 +721,7 @@ def sweep_weights(
     # The store's candidate set (as in evaluate's grid): the union of the top-`cand` of each first-stage mode
     # (dense, sparse), each candidate then scored exactly in every mode.
     cand = max(candidates, RUN_DEPTH + 1)
-    first_stage = [m for m in modes if m in ("dense", "sparse")]
+    first_stage = [m for m in modes if m in ("dense", "sparse", "bm25")]
     pools = {m: store.search_encoded_batch(queries, k=cand, modes=m) for m in first_stage}
     per_query: dict[str, tuple[list[str], np.ndarray]] = {}
     for i, qid in enumerate(qids):
@@ -726,7 +751,10 @@ def sweep_weights(
 
     table = [(dict(zip(modes, w)), score(w, tune_ids)) for w in _weight_grid(len(modes), step)]
     best_weights, best = max(table, key=lambda t: t[1])  # first maximum wins: deterministic
-    defaults = {m: float(DEFAULT_WEIGHTS[m]) for m in modes}
+    from .search.options import default_weights
+
+    dw = default_weights(None)
+    defaults = {m: float(dw[m]) for m in modes}
     return SweepResult(
         modes=modes,
         best_weights=best_weights,
@@ -769,8 +797,10 @@ def evaluate(
         grid: mode sets such as ``["dense", "dense+sparse"]``; default :func:`default_grid` of the encoder's modes.
             A single mode gives one row (fusion ``None``); a set of two or more gives one row per fusion.
         fusions: the fusion methods for multi-mode sets (subset of :data:`FUSIONS`). ``weighted`` rows use
-            the model's recommended ``encoder.fusion_weights`` when it declares them (``minilm-m3`` does),
-            else FlagEmbedding's defaults (dense 0.4, sparse 0.2, colbert 0.4).
+            the model's recommended weights for that exact mode set (``fusion_weights_by_modes`` in its
+            ``m3_model.json``), else its ``fusion_weights`` (``minilm-m3`` declares them), else FlagEmbedding's
+            defaults (dense 0.4, sparse 0.2, colbert 0.4; bm25 :data:`m3_rag.fusion.DEFAULT_BM25_WEIGHT`).
+            A set may hold ``bm25``, the store's BM25 mode (``dense+sparse+colbert+bm25``).
         bm25: add the BM25 reference row (needs ``pip install "m3-rag[eval]"``).
         sweep: also run :func:`sweep_weights` over the largest mode set of the grid.
         dev_fraction: the sweep's dev share (``None``: tune on all queries, with a warning).
@@ -797,7 +827,7 @@ def evaluate(
         raise ValueError(f"unknown fusion(s) {bad or fusions!r}; allowed: {', '.join(FUSIONS)}")
     if not isinstance(candidates, int) or candidates < RUN_DEPTH:
         raise ValueError(f"candidates must be an int >= {RUN_DEPTH} (the run depth); got {candidates!r}")
-    needed = tuple(m for m in MODES if any(m in s for s in sets))
+    needed = tuple(m for m in STORE_MODES if any(m in s for s in sets))
     t0 = time.perf_counter()
     store, cached = encode_corpus(
         ds, encoder, needed, cache_dir=cache_dir, batch_size=batch_size, show_progress=show_progress,
@@ -811,7 +841,8 @@ def evaluate(
         colbert="colbert" in needed,
         batch_size=batch_size,
         show_progress=show_progress and len(qids) > 256,
-    )
+    ) if any(m != "bm25" for m in needed) else M3Output(text=[ds.queries[q] for q in qids])
+    q_enc.text = [ds.queries[q] for q in qids]  # the bm25 mode's query side
     encode_seconds = time.perf_counter() - t0
     rows: list[EvalRow] = []
     for modes in sets:
@@ -819,7 +850,7 @@ def evaluate(
             t = time.perf_counter()
             run = _search_runs(
                 store, q_enc, qids, modes, fusion or "weighted", candidates=candidates,
-                ignore_identical_ids=ignore_identical_ids, weights=getattr(encoder, "fusion_weights", None),
+                ignore_identical_ids=ignore_identical_ids,
             )
             rows.append(EvalRow(modes, fusion, evaluate_run(ds.qrels, run), time.perf_counter() - t, run))  # type: ignore[arg-type]
     if bm25:

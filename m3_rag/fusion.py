@@ -13,11 +13,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .types import MODES
+from .types import STORE_MODES
 
 __all__ = [
     "FUSIONS",
     "DEFAULT_WEIGHTS",
+    "DEFAULT_BM25_WEIGHT",
     "RRF_K",
     "fuse",
     "fuse_weighted",
@@ -32,6 +33,15 @@ __all__ = [
 FUSIONS: tuple[str, ...] = ("weighted", "rrf", "dbsf")
 #: FlagEmbedding's ``compute_score`` default weights (dense, sparse, colbert).
 DEFAULT_WEIGHTS: dict[str, float] = {"dense": 0.4, "sparse": 0.2, "colbert": 0.4}
+#: The weighted-fusion weight of ``bm25`` when neither the caller nor the model gives one. Raw BM25 scores are
+#: unbounded (the top hit of a short query typically scores 5-30, against cosine similarities in [0, 1]), so
+#: the default keeps BM25 on the scale of the other modes' 0.2-0.4; prefer the model's recommended weights
+#: (``fusion_weights_by_modes``) or a rank-based fusion (``rrf``) when mixing BM25 with the M3 modes.
+DEFAULT_BM25_WEIGHT: float = 0.02
+
+
+def _default_weight(mode: str) -> float:
+    return DEFAULT_BM25_WEIGHT if mode == "bm25" else DEFAULT_WEIGHTS[mode]
 #: The RRF constant of Cormack et al. (2009).
 RRF_K = 60
 
@@ -49,7 +59,7 @@ def _check(scores: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int
 def _weights_for(arrays: Mapping[str, np.ndarray], weights: Mapping[str, float] | None, default: float | None) -> dict[str, float]:
     if weights is None:
         if default is None:
-            return {m: DEFAULT_WEIGHTS[m] for m in arrays}
+            return {m: _default_weight(m) for m in arrays}
         return {m: default for m in arrays}
     missing = [m for m in arrays if m not in weights]
     if missing:
@@ -170,12 +180,12 @@ def resolve_weights(
         raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
     modes = list(modes)
     if weights is None:
-        return {m: (DEFAULT_WEIGHTS[m] if fusion == "weighted" else 1.0) for m in modes}
+        return {m: (_default_weight(m) if fusion == "weighted" else 1.0) for m in modes}
     if isinstance(weights, Mapping):
         keys = list(weights)
-        unknown = [k for k in keys if k not in MODES]
+        unknown = [k for k in keys if k not in STORE_MODES]
         if unknown:
-            raise ValueError(f"weights has unknown mode(s) {unknown}; modes are {', '.join(MODES)}")
+            raise ValueError(f"weights has unknown mode(s) {unknown}; modes are {', '.join(STORE_MODES)}")
         extra = [k for k in keys if k not in modes]
         missing = [m for m in modes if m not in weights]
         if extra or missing:

@@ -1,6 +1,6 @@
 """Save and load a HybridStore folder: one ``.npy`` file per array, records and a versioned header in JSON.
 
-Layout (format version 1): ``store.json`` (format name and version, settings, the encoder fingerprint, and
+Layout (format version 1; version 2 adds the ``bm25`` mode): ``store.json`` (format name and version, settings, the encoder fingerprint, and
 the sha256, size, shape and dtype of every file), ``records.json`` (ids, texts, metadatas) and each
 per-mode index's arrays (:meth:`m3_rag.index.ModeIndex.to_arrays`). Never pickle: ``np.save`` with
 ``allow_pickle=False``; FAISS HNSW graphs are FAISS's own serialisation as a ``uint8`` array.
@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from .index.bm25 import BM25Index
 from .index.colbert import ColbertIndex
 from .index.dense import DenseIndex
 from .index.sparse import SparseIndex
-from .types import MODES
+from .types import STORE_MODES
 from .validation import MAX_DEPTH, check_depth
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,12 +38,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["save_store", "load_store", "check_fingerprint", "FORMAT_VERSION"]
 
-#: Version of the on-disk layout.
-FORMAT_VERSION = 1
+#: Newest version of the on-disk layout: 2 adds the ``bm25`` mode (its settings under ``store.json``'s ``"bm25"``
+#: key, its arrays ``bm25_*.npy``). A store without bm25 is still written as version 1, readable by older m3_rag.
+FORMAT_VERSION = 2
+#: The versions this m3_rag reads.
+READABLE_VERSIONS = (1, 2)
 FORMAT_NAME = "m3-rag.HybridStore"
 #: The deepest JSON nesting accepted in store.json (a valid header nests 3 levels).
 HEADER_MAX_DEPTH = 8
-_INDEX_CLASSES = {"dense": DenseIndex, "sparse": SparseIndex, "colbert": ColbertIndex}
+_INDEX_CLASSES = {"dense": DenseIndex, "sparse": SparseIndex, "colbert": ColbertIndex, "bm25": BM25Index}
 
 
 def check_fingerprint(path: Any, saved_fp: str | None, encoder: Any | None) -> None:
@@ -138,16 +142,23 @@ def _pool_factor(path: Any, header: Mapping[str, Any]) -> int:
 def _write(store: "HybridStore", folder: Path) -> None:
     w = _Writer(folder)
     header: dict[str, Any] = {
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "fingerprint": store.fingerprint,
-        "modes": list(store.modes), "count": len(store._slot_ids), "dense_dim": store.dense_dim,
+        "format": FORMAT_NAME, "format_version": 2 if "bm25" in store.modes else 1, "fingerprint": store.fingerprint,
+        "modes": list(store._modes or ()), "count": len(store._slot_ids), "dense_dim": store.dense_dim,
         "colbert_dim": store.colbert_dim, "colbert_dtype": store.colbert_dtype, "dense_index": store.dense_index,
         "hnsw_m": store.hnsw_m, "hnsw_ef_search": store.hnsw_ef_search,
         "hnsw_ef_construction": store.hnsw_ef_construction, "sparse_nnz": 0, "colbert_tokens": 0,
         "colbert_pool_factor": store.colbert_pool_factor,
         "sparse_dim": store.sparse_dim,
     }
+    if store._declared is not None:
+        header["declared_modes"] = list(store._declared)
+    if "bm25" in store.modes:
+        header["bm25_options"] = dict(store.bm25_options)
     for mode, index in store._indexes.items():
         meta, arrays = index.to_arrays()
+        if mode == "bm25":  # its own namespace: its keys ("format", "k1", ...) must not clobber the header's
+            header["bm25"] = meta
+            meta = {}
         for key, value in meta.items():
             if key not in ("dense_dim", "dense_index", "hnsw_m", "hnsw_ef_search", "hnsw_ef_construction", "colbert_dtype"):
                 header[key] = value
@@ -353,8 +364,11 @@ def _read_header(path: Path) -> dict[str, Any]:
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise ValueError(f"{header_path} is not a HybridStore header (format {header.get('format') if isinstance(header, dict) else None!r})")
     version = header.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{path} has format version {version!r}; this m3_rag reads version {FORMAT_VERSION}. Upgrade m3_rag or re-index.")
+    if version not in READABLE_VERSIONS:
+        raise ValueError(
+            f"{path} has format version {version!r}; this m3_rag reads versions {', '.join(map(str, READABLE_VERSIONS))}. "
+            "Upgrade m3_rag or re-index."
+        )
     return header
 
 
@@ -374,8 +388,19 @@ def _from_header(cls: type, path: Path, header: dict[str, Any], encoder: Any | N
     if not isinstance(header["modes"], list):
         raise ValueError(f"{path}/store.json: modes must be a list of mode names")
     modes = tuple(header["modes"])
-    if any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
+    if any(m not in STORE_MODES for m in modes) or len(set(modes)) != len(modes):
         raise ValueError(f"{path}/store.json lists unknown modes or a mode twice: {modes}")
+    if "bm25" in modes and header["format_version"] < 2:
+        raise ValueError(f"{path}/store.json: format version 1 cannot hold the bm25 mode (the file was modified)")
+    declared = header.get("declared_modes")
+    if declared is not None and (not isinstance(declared, list) or any(m not in STORE_MODES for m in declared)):
+        raise ValueError(f"{path}/store.json: declared_modes must be a list of mode names; got {declared!r:.60}")
+    bm25_kw: dict[str, Any] = {}
+    if "bm25" in modes or (declared and "bm25" in declared):
+        o = header.get("bm25_options")
+        if not isinstance(o, dict):
+            raise ValueError(f"{path}/store.json: a bm25 store needs its bm25_options")
+        bm25_kw = {f"bm25_{k}": o[k] for k in ("language", "stopwords", "k1", "b", "method")}
     n = header["count"]
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"{path}/store.json: count must be a non-negative int; got {n!r}")
@@ -392,6 +417,7 @@ def _from_header(cls: type, path: Path, header: dict[str, Any], encoder: Any | N
         hnsw_ef_construction=header.get("hnsw_ef_construction", 80), colbert_dtype=header["colbert_dtype"],
         show_progress=show_progress, colbert_pool_factor=_pool_factor(path, header),
         sparse_dim=header.get("sparse_dim") if encoder is None else None,
+        modes=declared if declared is not None else (modes if "bm25" in modes else None), **bm25_kw,
     )
     store._saved_fingerprint = saved_fp
     load = _loader(path, files)
@@ -401,6 +427,10 @@ def _from_header(cls: type, path: Path, header: dict[str, Any], encoder: Any | N
         try:
             if mode == "sparse":
                 indexes[mode] = SparseIndex.from_arrays(header, load, n, vocab_size=store.sparse_dim)
+            elif mode == "bm25":
+                if not isinstance(header.get("bm25"), dict):
+                    raise ValueError("store.json has no bm25 settings")
+                indexes[mode] = BM25Index.from_arrays(header["bm25"], load, n)
             else:
                 indexes[mode] = _INDEX_CLASSES[mode].from_arrays(header, load, n)
         except ValueError as exc:

@@ -1,4 +1,5 @@
-"""HybridStore: an embedded in-memory index over BGE-M3's dense, sparse and ColBERT outputs.
+"""HybridStore: an embedded in-memory index over BGE-M3's dense, sparse and ColBERT outputs, and BM25 over the
+document texts.
 
 The store owns the slot bookkeeping: one *slot* per stored document version, in insertion order, with its
 id, text and metadata, and a tombstone mask for deleted slots. Each mode's rows live in a per-mode index
@@ -26,12 +27,13 @@ from .index import ModeIndex
 from .index.codecs import CODECS
 from .index.colbert import ColbertIndex
 from .index.dense import DENSE_INDEXES, DenseIndex
+from .index.bm25 import BM25_DEFAULTS, BM25Index, check_bm25_options
 from .index.pooling import check_pool_factor
 from .index.sparse import SparseIndex
 from ._rwlock import RWLock
 from .search import Candidates, SearchBackend, SearchOptions, parse_options, run
 from .search.options import OPTION_NAMES
-from .types import MODES, Hit, M3Output, Record
+from .types import MODES, STORE_MODES, Hit, M3Output, Record
 from .search.api import EncodedSearchMixin
 from .validation import check_encoded, check_ids, check_modes, check_query, check_rows, check_sparse_dim, check_texts  # noqa: F401 (re-exported)
 
@@ -55,7 +57,7 @@ class _MemoryBackend(SearchBackend):
     """The in-memory store's candidates and exact scores (slots are keys and insertion sequence numbers)."""
 
     tie_margin = 1
-    tie_rule_modes = ("sparse", "colbert")  # topk_stable: score descending, then slot (= insertion) order
+    tie_rule_modes = ("sparse", "colbert", "bm25")  # topk_stable: score descending, then slot (= insertion) order
 
     def __init__(self, store: "HybridStore") -> None:
         self.s = store
@@ -103,15 +105,42 @@ class _MemoryBackend(SearchBackend):
                 top = top[np.isfinite(scores[top]) & ((scores[top] > 0) | pad)]
                 out.append(Candidates(top, top, {mode: scores[top]}, {"sparse_full": row}))
             return out
+        if mode == "bm25":
+            return self._bm25_first_stage(index, Q, depth, allowed, pad)  # type: ignore[arg-type]
         D, I = index.topk(self._q(mode, Q), depth, allowed)
         for i in range(len(Q)):
             ok = I[i] >= 0
             out.append(Candidates(I[i][ok], I[i][ok], {mode: D[i][ok]}))
         return out
 
+    def _bm25_first_stage(self, index: BM25Index, Q: M3Output, depth: int, allowed: np.ndarray | None,
+                          pad: bool) -> list[Candidates]:
+        """Documents matching a query stem by BM25 (tie rule), then, with ``pad``, non-matching ones in slot order."""
+        from .index import topk_stable
+
+        out = []
+        for entry in index.sparse_scores(Q.text):  # type: ignore[arg-type]
+            u, sc, base = entry  # live matching slots, ascending, and their scores
+            if allowed is not None and u.size:
+                keep = allowed[u]
+                u, sc = u[keep], sc[keep]
+            sel = topk_stable(sc, min(depth, u.size)) if u.size else np.zeros(0, np.int64)
+            top, top_s = u[sel], sc[sel]
+            if pad and top.size < depth:
+                rest = (self.s._alive if allowed is None else allowed).copy()
+                rest[u] = False
+                fill = np.flatnonzero(rest)[: depth - top.size]
+                top, top_s = np.concatenate([top, fill]), np.concatenate([top_s, np.full(fill.size, base)])
+            out.append(Candidates(top, top, {"bm25": top_s}, {"bm25_sparse": entry}))
+        return out
+
     def score(self, mode: str, q: M3Output, cands: Candidates) -> np.ndarray:
         if mode == "sparse" and "sparse_full" in cands.cache:
             return cands.cache["sparse_full"][cands.keys]
+        if mode == "bm25":
+            if "bm25_sparse" in cands.cache:
+                return BM25Index.lookup(cands.cache["bm25_sparse"], cands.keys)
+            return self.s._indexes[mode].score(q.text, [cands.keys])[0]
         return self.s._indexes[mode].score(self._q(mode, q), [cands.keys])[0]
 
     def hits(self, cands: Candidates, scores: np.ndarray, per_mode: Mapping[str, np.ndarray]) -> list[Hit]:
@@ -130,9 +159,18 @@ class _MemoryBackend(SearchBackend):
         index = self.s._indexes["sparse"]
         return [index.matched(q_sparse, int(x)) for x in cands.keys.tolist()]
 
+    def matched_stems(self, query_text: str, cands: Candidates) -> list[dict[str, float]]:
+        index: BM25Index = self.s._indexes["bm25"]  # type: ignore[assignment]
+        return [index.explain(query_text, int(x)) for x in cands.keys.tolist()]
+
+    def bm25_documents(self) -> int | None:
+        index = self.s._indexes.get("bm25")
+        return None if index is None else index.n_live  # type: ignore[attr-defined]
+
 
 class HybridStore(EncodedSearchMixin):
-    """An in-memory index holding any subset of BGE-M3's dense, sparse and ColBERT outputs.
+    """An in-memory index holding any subset of BGE-M3's dense, sparse and ColBERT outputs, and optionally
+    BM25 over the document texts (mode ``"bm25"``).
 
     Args:
         encoder: an :class:`m3_rag.M3Encoder` for text input (``add``/``search``); without one,
@@ -155,8 +193,26 @@ class HybridStore(EncodedSearchMixin):
         sparse_dim: the vocabulary size bounding sparse token ids (ids must be ints in ``0 .. sparse_dim-1``);
             default: the encoder's ``vocab_size``, or any id below 2**31 - 1 without an encoder. Memory never
             grows with the largest id.
+        modes: the modes the store holds, a subset of :data:`m3_rag.types.STORE_MODES`
+            (``("dense", "sparse", "colbert", "bm25")``). Default ``None``: the outputs of the first add
+            (never ``bm25``). ``bm25`` must be asked for here; a store of ``("bm25",)`` alone needs no encoder.
+        bm25_language: the PyStemmer language of the ``bm25`` stemmer (default ``"english"``; ``None``: no
+            stemming); an unknown language raises ``ValueError`` naming the allowed ones.
+        bm25_stopwords: a bm25s stop-word list name (default ``"en"``), a list of words, or ``None``.
+        bm25_k1: BM25 term-frequency saturation, ``> 0`` (default 1.5, bm25s's).
+        bm25_b: BM25 length normalisation in ``[0, 1]`` (default 0.75).
+        bm25_method: the bm25s variant: ``"lucene"`` (default), ``"robertson"``, ``"atire"``, ``"bm25l"``,
+            ``"bm25+"``.
 
-    The modes the store holds are fixed by the first add (a subset of :data:`m3_rag.MODES`).
+    The modes the store holds are fixed by ``modes`` or by the first add.
+
+    The ``bm25`` mode (:mod:`m3_rag.index.bm25`) tokenises each document's text at add time exactly like
+    ``bm25s.tokenize`` with a PyStemmer stemmer, and scores like ``bm25s`` on the live corpus: IDF and the
+    average length follow every add, upsert and delete. A document without text (``add_encoded`` with
+    ``texts=None`` or a ``None`` entry) has no bm25 entry: it never matches, scores 0 in bm25 and does not
+    count in IDF. Searching ``bm25`` when no live document has a text raises ``ValueError``. The query side is
+    the query text (``search``), or ``search_encoded(..., query_text=...)``; a query with no term after
+    tokenisation matches nothing (``bm25`` alone returns ``[]``).
     Document ids are strings; an existing id is upserted (the new version goes last in insertion
     order). Duplicate ids within one add raise ``ValueError``. Weighted fusion defaults to the
     encoder's declared ``fusion_weights`` (``minilm-m3`` declares them), else FlagEmbedding's 0.4/0.2/0.4.
@@ -175,6 +231,12 @@ class HybridStore(EncodedSearchMixin):
         colbert_storage: str | None = None,
         colbert_pool_factor: int = 1,
         sparse_dim: int | None = None,
+        modes: Sequence[str] | str | None = None,
+        bm25_language: str | None = BM25_DEFAULTS["language"],
+        bm25_stopwords: str | Sequence[str] | None = BM25_DEFAULTS["stopwords"],
+        bm25_k1: float = BM25_DEFAULTS["k1"],
+        bm25_b: float = BM25_DEFAULTS["b"],
+        bm25_method: str = BM25_DEFAULTS["method"],
     ) -> None:
         if colbert_storage is not None:
             if colbert_dtype not in ("fp16", colbert_storage):
@@ -191,6 +253,17 @@ class HybridStore(EncodedSearchMixin):
                 raise ValueError(f"{name} must be a positive int below 2**31; got {val!r}")
         if encoder is not None and not hasattr(encoder, "encode_queries"):
             raise TypeError(f"encoder must be an m3_rag.M3Encoder; got {type(encoder).__name__}")
+        self._declared: tuple[str, ...] | None = (
+            None if modes is None else tuple(m for m in STORE_MODES if m in check_modes(modes)))
+        bm25_opts = {"language": bm25_language, "stopwords": bm25_stopwords, "k1": bm25_k1, "b": bm25_b,
+                     "method": bm25_method}
+        if self._declared is not None and "bm25" in self._declared:
+            self.bm25_options: dict[str, Any] = check_bm25_options(**bm25_opts)
+        else:
+            changed = sorted(f"bm25_{k}" for k, v in bm25_opts.items() if v != BM25_DEFAULTS[k])
+            if changed:
+                raise ValueError(f"{', '.join(changed)} given but the store does not hold bm25: pass modes=(..., 'bm25')")
+            self.bm25_options = dict(BM25_DEFAULTS)
         self._encoder = encoder
         self._sparse_dim = check_sparse_dim(sparse_dim, encoder)
         self.dense_index = dense_index
@@ -221,8 +294,14 @@ class HybridStore(EncodedSearchMixin):
 
     @property
     def modes(self) -> tuple[str, ...]:
-        """The modes this store holds (empty until the first add)."""
-        return self._modes or ()
+        """The modes this store holds: those declared with ``modes=``, else those of the first add (empty until then)."""
+        return self._modes or self._declared or ()
+
+    @property
+    def _vector_modes(self) -> tuple[str, ...] | None:
+        """The held (or declared) modes the encoder computes: every mode but ``bm25``."""
+        modes = self._modes or self._declared
+        return None if modes is None else tuple(m for m in modes if m != "bm25")
 
     @property
     def fingerprint(self) -> str | None:
@@ -271,7 +350,7 @@ class HybridStore(EncodedSearchMixin):
             return [self._slot_ids[i] for i in np.flatnonzero(self._alive)]
 
     def memory_bytes(self) -> dict[str, int]:
-        """Approximate bytes held per component (dense, sparse, colbert), excluding Python objects."""
+        """Approximate bytes held per component (dense, sparse, colbert, and bm25 when held), excluding Python objects."""
         with self._lock.read():
             out = {m: 0 for m in MODES}
             for m, idx in self._indexes.items():
@@ -292,7 +371,8 @@ class HybridStore(EncodedSearchMixin):
         Only the heads the store holds are computed (a fresh store computes every head the
         encoder has). Existing ids are upserted.
         """
-        if self._encoder is None:
+        vector_modes = self._vector_modes
+        if self._encoder is None and vector_modes != ():
             raise ValueError(
                 "add() needs an encoder: build the store with HybridStore(encoder=M3Encoder.from_pretrained(...)), "
                 "load a saved one with HybridStore.load(path, encoder), or encode yourself and call add_encoded()"
@@ -301,7 +381,9 @@ class HybridStore(EncodedSearchMixin):
         ids_list, metas = check_rows(len(texts), ids, metadatas)
         if not texts:
             return []
-        modes = self._modes or tuple(self._encoder.available_modes)
+        if vector_modes == ():  # a bm25-only store: nothing to encode
+            return self._add_checked(M3Output(text=list(texts)), ids_list, texts, metas)
+        modes = vector_modes or tuple(self._encoder.available_modes)
         encoded = self._encoder.encode_documents(
             texts, dense="dense" in modes, sparse="sparse" in modes, colbert="colbert" in modes,
             batch_size=batch_size, show_progress_bar=None if self.show_progress else False,
@@ -316,8 +398,11 @@ class HybridStore(EncodedSearchMixin):
         texts: Sequence[str | None] | None = None,
         metadatas: Sequence[dict | None] | None = None,
     ) -> list[str]:
-        """Add precomputed rows. The first add fixes the store's modes (``encoded.modes``); later
-        adds must hold at least those modes (extra ones are ignored). Returns the ids."""
+        """Add precomputed rows. The first add fixes the store's modes (``encoded.modes``, unless declared with
+        ``modes=``); later adds must hold at least those modes (extra ones are ignored). Returns the ids.
+
+        ``texts`` are stored with the documents and are the ``bm25`` mode's source: a row whose text is
+        ``None`` (or every row, without ``texts``) has no bm25 entry."""
         if not isinstance(encoded, M3Output):
             raise TypeError(f"encoded must be an M3Output; got {type(encoded).__name__}")
         n = len(encoded)
@@ -350,30 +435,35 @@ class HybridStore(EncodedSearchMixin):
                               hnsw_ef_search=self.hnsw_ef_search, hnsw_ef_construction=self.hnsw_ef_construction)
         if mode == "sparse":
             return SparseIndex(self._sparse_dim)
+        if mode == "bm25":
+            o = self.bm25_options
+            return BM25Index(o["k1"], o["b"], o["method"], language=o["language"], stopwords=o["stopwords"])
         mats = encoded.colbert
         dim = next((int(m.shape[1]) for m in mats if m.shape[0] > 0), int(mats[0].shape[1]))  # type: ignore[union-attr,index]
         return ColbertIndex(dim, self.colbert_dtype, self.colbert_pool_factor)
 
-    def _prepare(self, encoded: M3Output, modes: tuple[str, ...], indexes: Mapping[str, ModeIndex]) -> dict[str, Any]:
+    def _prepare(self, encoded: M3Output, modes: tuple[str, ...], indexes: Mapping[str, ModeIndex],
+                 texts: Sequence[str | None]) -> dict[str, Any]:
         for mode in modes:
-            if getattr(encoded, mode) is None:
+            if mode != "bm25" and getattr(encoded, mode) is None:
                 raise ValueError(f"encoded has no {mode!r} output but the store holds {modes}; encode with {mode}=True")
-        return {mode: indexes[mode].prepare(getattr(encoded, mode)) for mode in modes}
+        return {mode: indexes[mode].prepare(list(texts) if mode == "bm25" else getattr(encoded, mode)) for mode in modes}
 
     def _add_checked(self, encoded: M3Output, ids: list[str], texts: Sequence[str | None], metas: list[dict]) -> list[str]:
         n = len(encoded)
         if n != len(ids):
             raise ValueError(f"the encoder returned {n} rows for {len(ids)} texts")
         while True:
-            modes = self._modes or encoded.modes
+            modes = self._modes or self._declared or encoded.modes
             if not modes:
                 raise ValueError("encoded holds no output (dense, sparse and colbert are all None)")
-            check_encoded(encoded, modes, {"dense": self.dense_dim, "colbert": self.colbert_dim},
+            vector_modes = tuple(m for m in modes if m != "bm25")
+            check_encoded(encoded, vector_modes, {"dense": self.dense_dim, "colbert": self.colbert_dim},
                           sparse_dim=self._sparse_dim, fp16_colbert=self.colbert_dtype == "fp16")
             fresh = self._modes is None
             indexes = dict(self._indexes) if not fresh else {m: self._new_index(m, encoded) for m in modes}
             # Convert and validate outside the lock: the expensive part of an add, and it changes nothing.
-            prepared = self._prepare(encoded, tuple(modes), indexes)
+            prepared = self._prepare(encoded, tuple(modes), indexes, texts)
             with self._lock.write():
                 if (self._modes is None) != fresh:
                     continue  # another thread fixed the modes meanwhile: prepare again against them
@@ -407,6 +497,8 @@ class HybridStore(EncodedSearchMixin):
             id_to_slot = {doc_id: i for i, doc_id in enumerate(slot_ids)}
         else:
             new_indexes = {m: indexes[m] if m == "dense" else indexes[m].extended(prepared[m]) for m in modes}
+            if upserted and "bm25" in new_indexes:  # the old versions stop counting in IDF and average length
+                new_indexes["bm25"].discard(np.array(upserted, np.int64))  # type: ignore[attr-defined]  # on the new copy
             id_to_slot = dict(self._id_to_slot)
             id_to_slot.update((doc_id, n_old + j) for j, doc_id in enumerate(ids))
             if "dense" in modes:
@@ -462,6 +554,9 @@ class HybridStore(EncodedSearchMixin):
             indexes = {m: idx.compact(keep) for m, idx in indexes.items()}
             slot_ids, texts, metas, alive = self._kept(keep, slot_ids, texts, metas)
             id_to_slot = {doc_id: i for i, doc_id in enumerate(slot_ids)}
+        elif "bm25" in indexes:  # tombstoned: stop counting in IDF and average length (a new index, self unchanged)
+            indexes = dict(indexes)
+            indexes["bm25"] = indexes["bm25"].discarded(np.array(slots, np.int64))  # type: ignore[attr-defined]
         self._install(self._modes, indexes, slot_ids, texts, metas, alive, id_to_slot)
         return len(slots)
 
@@ -493,7 +588,8 @@ class HybridStore(EncodedSearchMixin):
     def export(self, ids: Sequence[str] | None = None) -> tuple[list[str], M3Output, list[str | None], list[dict]]:
         """Everything stored for ``ids`` (default: all, in insertion order; unknown ids skipped).
 
-        Returns ``(ids, M3Output, texts, metadatas)``; ColBERT vectors come back as float32.
+        Returns ``(ids, M3Output, texts, metadatas)``; ColBERT vectors come back as float32. The ``bm25`` mode
+        has no rows of its own: it is rebuilt from the texts.
         """
         with self._lock.read():
             if ids is None:
@@ -504,7 +600,7 @@ class HybridStore(EncodedSearchMixin):
             out_ids = [self._slot_ids[s] for s in slots]
             texts = [self._texts[s] for s in slots]
             metas = [copy.deepcopy(self._metas[s]) for s in slots]
-            rows: dict[str, Any] = {m: idx.rows(slots) for m, idx in self._indexes.items()}
+            rows: dict[str, Any] = {m: idx.rows(slots) for m, idx in self._indexes.items() if m != "bm25"}
             if "dense" in rows and not len(slots):
                 rows["dense"] = np.zeros((0, self.dense_dim or 0), np.float32)
             return out_ids, M3Output(**rows), texts, metas
@@ -515,9 +611,9 @@ class HybridStore(EncodedSearchMixin):
         query: str,
         *,
         k: int = 10,
-        modes: Sequence[str] | str = ("dense", "sparse", "colbert"),
+        modes: Sequence[str] | str | None = None,
         weights: Sequence[float] | Mapping[str, float] | None = None,
-        fusion: str = "weighted",
+        fusion: str | None = None,
         candidates: int | Mapping[str, int] | None = None,
         filter: Mapping[str, Any] | Callable[[dict], bool] | None = None,
         ids: Collection[str] | None = None,
@@ -528,13 +624,17 @@ class HybridStore(EncodedSearchMixin):
         Args:
             query: the query text (an empty string is searched as is).
             k: how many hits (a positive int); fewer when fewer documents match.
-            modes: the modes to search, a subset of the modes the store holds (or one mode name).
+            modes: the modes to search, a subset of the modes the store holds (or one mode name). Default: the
+                model's ``default_modes`` restricted to the held modes, else dense, sparse and ColBERT.
             weights: per-mode weights, a sequence aligned with ``modes`` or a dict mode -> weight.
-                Default for ``weighted``: the encoder's declared ``fusion_weights``, else
-                :data:`m3_rag.fusion.DEFAULT_WEIGHTS`; 1.0 each for ``rrf``/``dbsf``.
-            fusion: ``"weighted"``, ``"rrf"`` or ``"dbsf"`` (see :mod:`m3_rag.fusion`).
+                Default for ``weighted``: the model's recommended weights for exactly this mode set
+                (``fusion_weights_by_modes``), else its ``fusion_weights``, else
+                :data:`m3_rag.fusion.DEFAULT_WEIGHTS` (bm25: :data:`m3_rag.fusion.DEFAULT_BM25_WEIGHT`);
+                1.0 each for ``rrf``/``dbsf``.
+            fusion: ``"weighted"``, ``"rrf"`` or ``"dbsf"`` (see :mod:`m3_rag.fusion`); default: the model's
+                ``default_fusion``, else ``"weighted"``.
             candidates: per first-stage mode, how many top documents enter the candidate set
-                (default ``max(100, k)``; never fewer than ``k``). Dense and sparse are first-stage;
+                (default ``max(100, k)``; never fewer than ``k``). Dense, sparse and bm25 are first-stage;
                 ColBERT is first-stage (brute force) only when searched alone, and otherwise
                 rescores the candidates. A dict ``{mode: depth}`` sets the first stages and their
                 depths exactly (unpadded). Every candidate is scored exactly in every mode.
@@ -542,7 +642,8 @@ class HybridStore(EncodedSearchMixin):
                 ``metadata -> bool``, applied before top-k.
             ids: restrict the search to these ids (``None``: no restriction).
             explain: fill ``Hit.explain`` with the matched sparse tokens ``{token: q_w * d_w}`` when
-                ``sparse`` is among the searched modes (otherwise ``Hit.explain`` stays ``None``).
+                ``sparse`` is among the searched modes, and the matched BM25 stems ``{"bm25:" + stem:
+                contribution}`` when ``bm25`` is (otherwise ``Hit.explain`` stays ``None``).
 
         Single-mode searches return the exact top-k over the filtered corpus (approximate for
         ``dense_index="hnsw"``). Sparse alone returns only documents sharing a token with the query
@@ -559,7 +660,7 @@ class HybridStore(EncodedSearchMixin):
     _OPTION_NAMES = OPTION_NAMES
 
     def _options(self, kwargs: Mapping[str, Any]) -> SearchOptions:
-        return parse_options(self._modes, encoder=self._encoder, **kwargs)
+        return parse_options(self._modes or self._declared, encoder=self._encoder, **kwargs)
 
     def _search(self, queries: M3Output, opts: SearchOptions) -> list[list[Hit]]:
         if len(queries) == 0:

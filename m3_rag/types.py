@@ -7,10 +7,13 @@ from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-__all__ = ["M3Output", "Hit", "Record", "MODES", "StoreLike"]
+__all__ = ["M3Output", "Hit", "Record", "MODES", "STORE_MODES", "StoreLike"]
 
-#: The three BGE-M3 retrieval modes, in canonical order.
+#: The three BGE-M3 retrieval modes (the encoder's outputs), in canonical order.
 MODES: tuple[str, ...] = ("dense", "sparse", "colbert")
+#: Every mode a store can hold, in canonical order: the encoder's three, then ``bm25`` (BM25 over the stored
+#: document texts, :mod:`m3_rag.index.bm25`; the query side is the query text, :attr:`M3Output.text`).
+STORE_MODES: tuple[str, ...] = MODES + ("bm25",)
 
 
 @dataclass
@@ -23,6 +26,8 @@ class M3Output:
         dense: ``float32`` array of shape ``(n, d)``, rows L2-normalised.
         sparse: ``n`` dicts mapping token id (``int``) to a positive weight (``float``).
         colbert: ``n`` ``float32`` arrays of shape ``(tokens_i - 1, d_colbert)``, rows L2-normalised.
+        text: ``n`` strings: the texts behind the rows, when known. Not a mode (never in :attr:`modes`); the
+            ``bm25`` mode reads a query's text from here (``search`` sets it; ``search_encoded(query_text=...)``).
 
     ``len(out)`` is ``n``; ``out[i]`` and ``out[a:b]`` return an ``M3Output`` holding those rows.
     """
@@ -30,9 +35,19 @@ class M3Output:
     dense: np.ndarray | None = None
     sparse: list[dict[int, float]] | None = None
     colbert: list[np.ndarray] | None = None
+    text: list[str] | None = None
 
     def __post_init__(self) -> None:
         lengths = set()
+        text_n = None
+        if self.text is not None:
+            if isinstance(self.text, str):
+                self.text = [self.text]
+            self.text = list(self.text)
+            for i, t in enumerate(self.text):
+                if not isinstance(t, str):
+                    raise TypeError(f"M3Output.text[{i}] must be a str; got {type(t).__name__}")
+            text_n = len(self.text)
         if self.dense is not None:
             dense = np.asarray(self.dense)
             if dense.ndim == 1:
@@ -63,6 +78,8 @@ class M3Output:
             lengths.add(len(self.colbert))
         if len(lengths) > 1:
             raise ValueError(f"M3Output fields have different numbers of rows: {sorted(lengths)}")
+        if text_n is not None and lengths and text_n not in lengths:
+            raise ValueError(f"M3Output.text has {text_n} strings but the vectors have {lengths.pop()} rows")
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -76,6 +93,8 @@ class M3Output:
             return len(self.sparse)
         if self.colbert is not None:
             return len(self.colbert)
+        if self.text is not None:
+            return len(self.text)
         return 0
 
     def __getitem__(self, index: int | slice | Sequence[int] | np.ndarray) -> "M3Output":
@@ -93,6 +112,7 @@ class M3Output:
             dense=None if self.dense is None else self.dense[rows].reshape(len(rows), -1),
             sparse=None if self.sparse is None else [self.sparse[i] for i in rows],
             colbert=None if self.colbert is None else [self.colbert[i] for i in rows],
+            text=None if self.text is None else [self.text[i] for i in rows],
         )
 
     def __iter__(self) -> Iterator["M3Output"]:
@@ -113,6 +133,7 @@ class M3Output:
             dense=np.concatenate([o.dense for o in outputs], axis=0) if "dense" in modes else None,  # type: ignore[misc]
             sparse=[r for o in outputs for r in o.sparse] if "sparse" in modes else None,  # type: ignore[union-attr]
             colbert=[r for o in outputs for r in o.colbert] if "colbert" in modes else None,  # type: ignore[union-attr]
+            text=[t for o in outputs for t in o.text] if all(o.text is not None for o in outputs) else None,  # type: ignore[union-attr]
         )
 
 
@@ -126,7 +147,9 @@ class Hit:
         text: the stored text, or ``None`` when none was stored.
         metadata: the stored metadata dict (a copy).
         scores: the exact per-mode score of this document, for every mode searched.
-        explain: with ``explain=True``, the matched sparse tokens as ``{token string: contribution}``.
+        explain: with ``explain=True``, the matched lexical terms as ``{term: contribution}``: sparse tokens as
+            they are (when ``sparse`` is searched) and BM25 stems prefixed ``"bm25:"`` (when ``bm25`` is
+            searched), sorted by contribution.
     """
 
     id: str

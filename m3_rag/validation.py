@@ -9,7 +9,7 @@ from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 
-from .types import MODES, M3Output
+from .types import MODES, STORE_MODES, M3Output
 
 __all__ = [
     "check_ids", "check_modes", "check_rows", "check_texts", "check_k", "check_query", "check_queries", "check_utf8",
@@ -102,13 +102,13 @@ def check_modes(modes: Any) -> tuple[str, ...]:
     if isinstance(modes, str):
         modes = (modes,)
     if not isinstance(modes, (Sequence, set, frozenset)):
-        raise TypeError(f"modes must be a mode name or a list of them ({', '.join(MODES)}); got {type(modes).__name__}")
+        raise TypeError(f"modes must be a mode name or a list of them ({', '.join(STORE_MODES)}); got {type(modes).__name__}")
     mode_t = tuple(modes)
     if not mode_t:
-        raise ValueError(f"modes is empty; choose from {', '.join(MODES)}")
+        raise ValueError(f"modes is empty; choose from {', '.join(STORE_MODES)}")
     for m in mode_t:
-        if m not in MODES:
-            raise ValueError(f"unknown mode {m!r}; modes are {', '.join(MODES)}")
+        if m not in STORE_MODES:
+            raise ValueError(f"unknown mode {m!r}; modes are {', '.join(STORE_MODES)}")
     if len(set(mode_t)) != len(mode_t):
         raise ValueError(f"modes lists a mode twice: {mode_t}")
     return mode_t
@@ -264,8 +264,16 @@ def _plain_sparse_row(row: Any, limit: int) -> bool:
 
 def check_query(q: M3Output, need: Sequence[str], dims: Mapping[str, int | None], sparse_dim: int | None = None) -> None:
     """The query rows hold every mode in ``need`` with the store's dimensions and finite values; sparse token
-    ids are non-negative ints below ``sparse_dim`` (the same checks for one query and for a batch)."""
+    ids are non-negative ints below ``sparse_dim`` (the same checks for one query and for a batch). ``bm25``
+    needs the query texts (``q.text``)."""
     for mode in need:
+        if mode == "bm25":
+            if q.text is None:
+                raise ValueError(
+                    "mode 'bm25' needs the query text: search() with a text query, or pass query_text= to "
+                    "search_encoded (query_texts= to search_encoded_batch)"
+                )
+            continue
         if getattr(q, mode) is None:
             raise ValueError(f"the query has no {mode!r} output but modes {tuple(need)} need it; encode it with {mode}=True")
     if "dense" in need:

@@ -176,7 +176,7 @@ def test_bad_rows_and_queries():
 def _loader(arrays):
     def load(name, dtype, ndim, rows=None, mmap=False):
         a = arrays[name]
-        if a.dtype.kind != np.dtype(dtype).kind or a.ndim != ndim or (rows is not None and a.shape[0] != rows):
+        if (dtype is not None and a.dtype.kind != np.dtype(dtype).kind) or a.ndim != ndim or (rows is not None and a.shape[0] != rows):
             raise ValueError(f"bad array {name}")
         return a
     return load

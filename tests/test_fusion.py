@@ -103,7 +103,7 @@ def test_resolve_weights():
     with pytest.raises(ValueError, match="no weight for"):
         resolve_weights(("dense", "sparse"), {"dense": 1})
     with pytest.raises(ValueError, match="unknown mode"):
-        resolve_weights(("dense",), {"bm25": 1})
+        resolve_weights(("dense",), {"bm42": 1})
     with pytest.raises(ValueError, match="finite"):
         resolve_weights(("dense",), [-1])
     with pytest.raises(ValueError, match="finite"):

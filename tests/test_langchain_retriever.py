@@ -212,8 +212,8 @@ def test_bad_input(store: HybridStore, tiny_encoder) -> None:
             M3Retriever(store=store, k=bad_k)
         with pytest.raises(ValueError, match="k must be a positive int"):
             retriever.invoke("q", k=bad_k)
-    with pytest.raises(ValueError, match=r"unknown mode\(s\) \['bm25'\]"):
-        M3Retriever(store=store, modes=["dense", "bm25"])
+    with pytest.raises(ValueError, match=r"unknown mode\(s\) \['bm42'\]"):
+        M3Retriever(store=store, modes=["dense", "bm42"])
     with pytest.raises(ValueError, match="bm25"):
         retriever.invoke("q", modes=["bm25"])
     with pytest.raises(ValueError, match="unknown fusion"):
@@ -227,7 +227,7 @@ def test_bad_input(store: HybridStore, tiny_encoder) -> None:
     with pytest.raises(ValueError, match="weights"):
         retriever.invoke("q", modes=["dense", "sparse"], weights=[1.0])
     with pytest.raises(ValueError, match="weights"):
-        M3Retriever(store=store, weights={"dense": 1.0, "bm25": 1.0})
+        M3Retriever(store=store, weights={"dense": 1.0, "bm42": 1.0})
     with pytest.raises(TypeError, match="query must be a str; got NoneType"):
         retriever.invoke(None)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['top_k'\]"):

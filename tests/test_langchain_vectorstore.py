@@ -317,9 +317,9 @@ def test_bad_input(m3_vs: M3VectorStore, fake) -> None:
         with pytest.raises(ValueError, match="k must be a positive int"):
             m3_vs.max_marginal_relevance_search("q", k=bad_k)
     with pytest.raises(ValueError, match="unknown mode"):
-        m3_vs.similarity_search("q", modes=["bm25"])
+        m3_vs.similarity_search("q", modes=["bm42"])
     with pytest.raises(ValueError, match="unknown mode"):
-        m3_vs.as_retriever(search_kwargs={"modes": ["bm25"]}).invoke("q")
+        m3_vs.as_retriever(search_kwargs={"modes": ["bm42"]}).invoke("q")
     with pytest.raises(ValueError, match="weights"):
         M3VectorStore(embedding=fake, weights=[1.0, 2.0])
     with pytest.raises(TypeError, match="query must be a str; got NoneType"):

@@ -264,8 +264,8 @@ def test_vector_store_constructors(tiny_encoder, tiny_ckpt, hs):
 def test_retriever_and_reranker_bad_args(hs, tiny_encoder, tmp_path):
     with pytest.raises(ValueError, match="similarity_top_k must be a positive int; got 0"):
         M3Retriever(store=hs, similarity_top_k=0)
-    with pytest.raises(ValueError, match="unknown mode 'bm25'"):
-        M3Retriever(store=hs, modes=("dense", "bm25"))
+    with pytest.raises(ValueError, match="unknown mode 'bm42'"):
+        M3Retriever(store=hs, modes=("dense", "bm42"))
     with pytest.raises(ValueError, match="unknown fusion"):
         M3Retriever(store=hs, fusion="max")
     with pytest.raises(ValueError, match="top_n must be a positive int"):

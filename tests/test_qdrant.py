@@ -306,7 +306,7 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="k must be"):
         store.search_encoded(q, k=0)
     with pytest.raises(ValueError, match="unknown mode"):
-        store.search_encoded(q, modes=("dense", "bm25"))
+        store.search_encoded(q, modes=("dense", "bm42"))
     with pytest.raises(ValueError, match="unknown fusion"):
         store.search_encoded(q, fusion="max")
     with pytest.raises(ValueError, match="unknown filter operator|unknown operator"):

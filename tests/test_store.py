@@ -379,8 +379,8 @@ def test_bad_input():
     for k in (0, -1, 1.5, True, "3", None):
         with pytest.raises(ValueError, match="k must be a positive int"):
             store.search_encoded(q, k=k)
-    with pytest.raises(ValueError, match="unknown mode 'bm25'"):
-        store.search_encoded(q, modes="bm25")
+    with pytest.raises(ValueError, match="unknown mode 'bm42'"):
+        store.search_encoded(q, modes="bm42")
     with pytest.raises(ValueError, match="modes is empty"):
         store.search_encoded(q, modes=())
     with pytest.raises(ValueError, match="twice"):
@@ -626,7 +626,7 @@ def test_damaged_index_gives_clear_value_error(tmp_path, damage, match):
         elif name == "shape":
             header["files"]["dense.npy"]["shape"] = [48, 99]
         elif name == "modes":
-            header["modes"] = ["dense", "bm25"]
+            header["modes"] = ["dense", "bm42"]
         header_path.write_text(json.dumps(header))
     with pytest.raises(ValueError, match=match):
         HybridStore.load(folder)

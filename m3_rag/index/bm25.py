@@ -28,7 +28,7 @@ import numpy as np
 
 from .base import ModeIndex, topk_stable
 
-__all__ = ["BM25Index", "BM25_VARIANTS", "Bm25Tokenizer"]
+__all__ = ["BM25Index", "BM25_VARIANTS", "Bm25Tokenizer", "check_bm25_options", "BM25_DEFAULTS"]
 
 #: bm25s's scoring variants (its ``method``); ``"lucene"`` is bm25s's default.
 BM25_VARIANTS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
@@ -54,6 +54,22 @@ def _import(name: str):
         raise ImportError(
             f"the bm25 mode needs bm25s and PyStemmer ({exc.name} is missing). Install them with: {_PIP}"
         ) from exc
+
+
+#: bm25s's defaults, the store's ``bm25_*`` options: PyStemmer language, stop-word list, k1, b, variant.
+BM25_DEFAULTS: dict[str, Any] = {"language": "english", "stopwords": "en", "k1": 1.5, "b": 0.75, "method": "lucene"}
+
+
+def check_bm25_options(language: str | None = "english", stopwords: str | Sequence[str] | None = "en",
+                       k1: float = 1.5, b: float = 0.75, method: str = "lucene") -> dict[str, Any]:
+    """Validate a store's ``bm25_*`` options (the same errors in every store) and return them as a dict.
+
+    Raises ``ValueError`` for an unknown PyStemmer language (naming the allowed ones), an unknown stop-word list,
+    ``k1 <= 0``, ``b`` outside ``[0, 1]`` or an unknown variant (:data:`BM25_VARIANTS`); ``TypeError`` for
+    non-numbers. Needs bm25s and PyStemmer (``ImportError`` with the install command otherwise)."""
+    BM25Index(k1, b, method, language=language, stopwords=stopwords)  # every check lives in the constructor
+    return {"language": language, "stopwords": stopwords if stopwords is None or isinstance(stopwords, str)
+            else list(stopwords), "k1": float(k1), "b": float(b), "method": method}
 
 
 class Bm25Tokenizer:
@@ -125,7 +141,7 @@ class BM25Index(ModeIndex):
     the live documents (float64 here, float32 in bm25s).
 
     Args:
-        k1: term-frequency saturation, ``>= 0`` (bm25s default 1.5).
+        k1: term-frequency saturation, ``> 0`` (bm25s default 1.5).
         b: length normalisation in ``[0, 1]`` (default 0.75).
         variant: one of :data:`BM25_VARIANTS` (default ``"lucene"``, like bm25s).
         delta: the BM25L / BM25+ ``delta`` (``>= 0``, default 0.5; ignored by the other variants).
@@ -148,8 +164,8 @@ class BM25Index(ModeIndex):
         for name, val in (("k1", k1), ("b", b), ("delta", delta)):
             if isinstance(val, bool) or not isinstance(val, (int, float)) or not np.isfinite(val):
                 raise TypeError(f"{name} must be a finite number; got {val!r}")
-        if k1 < 0:
-            raise ValueError(f"k1 must be >= 0; got {k1!r} (bm25s default: 1.5)")
+        if not k1 > 0:
+            raise ValueError(f"k1 must be > 0; got {k1!r} (bm25s default: 1.5)")
         if not 0.0 <= b <= 1.0:
             raise ValueError(f"b must be in [0, 1]; got {b!r} (bm25s default: 0.75)")
         if delta < 0:
@@ -194,25 +210,29 @@ class BM25Index(ModeIndex):
         }
 
     # ------------------------------------------------------------------------------------------ writes
-    def prepare(self, rows: Any) -> tuple[list[str], np.ndarray, dict[str, str]]:
-        """Tokenise document strings: ``(all words, lengths, stems of unseen words)``; changes nothing.
+    def prepare(self, rows: Any) -> tuple[list[str], np.ndarray, dict[str, str], np.ndarray]:
+        """Tokenise document strings: ``(all words, lengths, stems of unseen words, has-entry mask)``; changes nothing.
 
-        Raises ``TypeError`` on a non-string row."""
+        A ``None`` row (a document stored without text) gets a slot with no bm25 entry: it never matches and
+        does not count in IDF or the average length. Raises ``TypeError`` on any other non-string row."""
         if isinstance(rows, str) or not isinstance(rows, Sequence):
             raise TypeError(f"bm25 rows must be a sequence of strings; got {type(rows).__name__}")
         for i, t in enumerate(rows):
-            if not isinstance(t, str):
+            if t is not None and not isinstance(t, str):
                 raise TypeError(f"bm25 rows must be strings; row {i} is {type(t).__name__}")
-        words = self.tokenizer.split(rows)
+        present = np.array([t is not None for t in rows], bool)
+        words = self.tokenizer.split([t if t is not None else "" for t in rows])
         flat: list[str] = []
         for doc in words:
             flat.extend(doc)
         new = sorted(set(flat).difference(self._word_term))
-        return flat, np.array([len(d) for d in words], np.int64), dict(zip(new, self.tokenizer.stems_of(new)))
+        return (flat, np.array([len(d) for d in words], np.int64), dict(zip(new, self.tokenizer.stems_of(new))),
+                present)
 
-    def append(self, prepared: tuple[list[str], np.ndarray, dict[str, str]]) -> None:
-        """Add tokenised documents as the next (live) slots; new stems extend the vocabulary."""
-        flat, lengths, new = prepared
+    def append(self, prepared: tuple[list[str], np.ndarray, dict[str, str], np.ndarray]) -> None:
+        """Add tokenised documents as the next slots (live, except rows without text); new stems extend the
+        vocabulary."""
+        flat, lengths, new, present = prepared
         vocab, terms_list, word_term = self._vocab, self._terms_list, self._word_term
         for w, stem in new.items():
             t = vocab.get(stem)
@@ -233,13 +253,27 @@ class BM25Index(ModeIndex):
         self._tfs = np.concatenate([self._tfs, np.array(counts, np.float32)])
         self._indptr = np.concatenate([self._indptr, self._indptr[-1] + np.cumsum(sizes)])
         self._len = np.concatenate([self._len, lengths])
-        self._alive = np.concatenate([self._alive, np.ones(n_docs, bool)])
+        self._alive = np.concatenate([self._alive, present])
         df = np.zeros(len(terms_list), np.int64)
         df[: self._df.shape[0]] = self._df
-        self._df = df + np.bincount(new_terms, minlength=len(terms_list))
-        self._n_live += n_docs
+        self._df = df + np.bincount(new_terms, minlength=len(terms_list))  # rows without text have no postings
+        self._n_live += int(present.sum())
         self._total_len += float(lengths.sum())
         self._inv = None
+
+    def _copy_state(self) -> None:
+        # append grows the vocabulary dicts in place and replaces every array: copy the dicts
+        self._vocab, self._terms_list, self._word_term = dict(self._vocab), list(self._terms_list), dict(self._word_term)
+
+    def discarded(self, slots: np.ndarray) -> "BM25Index":
+        """A copy of self with :meth:`discard` applied (self is unchanged): for all-or-nothing store mutations."""
+        import copy
+
+        out = copy.copy(self)
+        out._alive, out._df = self._alive.copy(), self._df.copy()
+        out._inv = None
+        out.discard(slots)
+        return out
 
     def discard(self, slots: np.ndarray) -> None:
         """Stop counting ``slots`` in IDF and average length (the store tombstoned them). Idempotent."""
@@ -293,15 +327,20 @@ class BM25Index(ModeIndex):
 
     # ------------------------------------------------------------------------------------------ scoring
     def _inverted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Term-major postings of live docs: ``(indptr over terms, doc slots, tfs)`` (rebuilt after writes)."""
+        """Term-major postings of live docs: ``(indptr over terms, doc slots, weights)`` where a posting's weight is
+        its ``idf * (tfc - tfc0)`` under the current statistics (rebuilt after writes, which reset the cache)."""
         if self._inv is None:
             doc = np.repeat(np.arange(len(self), dtype=np.int32), np.diff(self._indptr))
             live = self._alive[doc]
             doc, terms, tfs = doc[live], self._terms[live], self._tfs[live]
-            order = np.argsort(terms, kind="stable")
+            order = np.argsort(terms, kind="stable")  # docs stay ascending within each term
+            doc, terms, tfs = doc[order], terms[order], tfs[order]
             indptr = np.zeros(len(self._terms_list) + 1, np.int64)
             np.cumsum(np.bincount(terms, minlength=len(self._terms_list)), out=indptr[1:])
-            self._inv = (indptr, doc[order], tfs[order])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                idf = self._idf(self._df)
+            weight = idf[terms] * (self._tfc(tfs.astype(np.float64), self._len[doc]) - self._tfc0())
+            self._inv = (indptr, doc, weight)
         return self._inv
 
     def _idf(self, df: np.ndarray) -> np.ndarray:
@@ -355,27 +394,51 @@ class BM25Index(ModeIndex):
             out.append((t[live], m[live].astype(np.float64)))
         return out
 
+    def _scores_sparse(self, terms: np.ndarray, mult: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(matched live slots ascending, their scores, the score of an unmatched slot)`` of one query."""
+        base = float((mult * self._idf(self._df[terms])).sum() * self._tfc0()) if terms.size and self._tfc0() else 0.0
+        if not terms.size:
+            return np.zeros(0, np.int64), np.zeros(0, np.float64), base
+        indptr, docs, weight = self._inverted()
+        starts, ends = indptr[terms], indptr[terms + 1]
+        if terms.size == 1:  # one posting list: already unique and ascending
+            d = docs[starts[0]:ends[0]].astype(np.int64)
+            return d, weight[starts[0]:ends[0]] * mult[0] + base, base
+        sizes = ends - starts
+        total = int(sizes.sum())
+        offs = np.repeat(starts - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
+        pos = np.arange(total, dtype=np.int64) + offs
+        d = docs[pos]
+        w = np.repeat(mult, sizes) * weight[pos]
+        n = len(self)
+        if total * 16 > n:  # dense accumulation: O(n) but no sort
+            acc = np.bincount(d, weights=w, minlength=n)
+            hit = np.zeros(n, bool)
+            hit[d] = True
+            u = np.flatnonzero(hit)
+            return u, acc[u] + base, base
+        u, inv = np.unique(d, return_inverse=True)
+        return u.astype(np.int64), np.bincount(inv.reshape(-1), weights=w) + base, base
+
     def _scores_full(self, terms: np.ndarray, mult: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(scores over all slots, matched mask)."""
         n = len(self)
-        scores = np.zeros(n, np.float64)
+        u, sc, base = self._scores_sparse(terms, mult)
+        scores = np.full(n, base, np.float64)
         matched = np.zeros(n, bool)
-        if not terms.size:
-            return scores, matched
-        indptr, docs, tfs = self._inverted()
-        starts, ends = indptr[terms], indptr[terms + 1]
-        sizes = ends - starts
-        offs = np.repeat(starts - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
-        pos = np.arange(int(sizes.sum()), dtype=np.int64) + offs
-        d = docs[pos]
-        idf = self._idf(self._df[terms])
-        tfc0 = self._tfc0()
-        w = np.repeat(mult * idf, sizes) * (self._tfc(tfs[pos].astype(np.float64), self._len[d]) - tfc0)
-        scores += np.bincount(d, weights=w, minlength=n)
-        matched[d] = True
-        if tfc0:
-            scores += float((mult * idf).sum() * tfc0)
+        scores[u] = sc
+        matched[u] = True
         return scores, matched
+
+    def sparse_scores(self, Q: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        """Per query: ``(slots, scores, unmatched score)``: the live slots containing at least one query stem
+        (ascending), their scores, and the score every other slot gets (0 except for BM25L/BM25+)."""
+        return [self._scores_sparse(t, m) for t, m in self.query_terms(Q)]
+
+    def full_scores(self, Q: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per query: ``(scores over every slot, matched mask)`` (matched: the slot is live and contains at least
+        one query stem). A query without a known stem matches nothing."""
+        return [self._scores_full(t, m) for t, m in self.query_terms(Q)]
 
     def topk(self, Q: Sequence[str], k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` among allowed live slots that contain at least one query stem; ``-1``-padded.
@@ -391,14 +454,15 @@ class BM25Index(ModeIndex):
             allowed = np.asarray(allowed, bool)
             if allowed.shape != (len(self),):
                 raise ValueError(f"allowed must be a boolean mask of {len(self)} slots; got shape {allowed.shape}")
-        ok = self._alive if allowed is None else (self._alive & allowed)
         for r, (t, m) in enumerate(qt):
-            scores, matched = self._scores_full(t, m)
-            cand = np.flatnonzero(matched & ok)
-            if not cand.size:
+            u, sc, _ = self._scores_sparse(t, m)  # live matched slots only
+            if allowed is not None and u.size:
+                keep = allowed[u]
+                u, sc = u[keep], sc[keep]
+            if not u.size:
                 continue
-            sel = cand[topk_stable(scores[cand], min(k, cand.size))]
-            out_s[r, : sel.size], out_i[r, : sel.size] = scores[sel], sel
+            top = topk_stable(sc, min(k, u.size))  # ties: ascending index = ascending slot
+            out_s[r, : top.size], out_i[r, : top.size] = sc[top], u[top]
         return out_s, out_i
 
     def score(self, Q: Sequence[str], slots: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -408,9 +472,19 @@ class BM25Index(ModeIndex):
             raise ValueError(f"score: {len(qt)} queries but {len(slots)} slot arrays")
         out = []
         for (t, m), s in zip(qt, slots):
-            s = np.asarray(s, np.int64)
-            out.append(self._scores_full(t, m)[0][s] if s.size else np.zeros(0, np.float64))
+            out.append(self.lookup(self._scores_sparse(t, m), np.asarray(s, np.int64)))
         return out
+
+    @staticmethod
+    def lookup(sparse: tuple[np.ndarray, np.ndarray, float], slots: np.ndarray) -> np.ndarray:
+        """The scores of ``slots`` from one query's :meth:`sparse_scores` entry."""
+        u, sc, base = sparse
+        slots = np.asarray(slots, np.int64)
+        if not slots.size:
+            return np.zeros(0, np.float64)
+        idx = np.minimum(np.searchsorted(u, slots), max(u.size - 1, 0))
+        found = (u[idx] == slots) if u.size else np.zeros(slots.shape, bool)
+        return np.where(found, sc[idx] if u.size else 0.0, base)
 
     def explain(self, query: str, slot: int) -> dict[str, float]:
         """Matched stems of ``query`` in document ``slot`` and each one's contribution to its score."""
@@ -464,7 +538,9 @@ class BM25Index(ModeIndex):
         out._alive = load("bm25_alive.npy", np.bool_, 1, rows=n)
         out._terms = load("bm25_terms.npy", np.int32, 1)
         out._tfs = load("bm25_tfs.npy", np.float32, 1, rows=out._terms.shape[0])
-        vocab = load("bm25_vocab.npy", np.str_, 1, rows=int(meta["n_terms"]))
+        vocab = load("bm25_vocab.npy", None, 1, rows=int(meta["n_terms"]))
+        if vocab.dtype.kind != "U":
+            raise ValueError(f"bm25_vocab.npy must hold unicode strings; got dtype {vocab.dtype}")
         out._terms_list = [str(w) for w in vocab.tolist()]
         out._vocab = {w: i for i, w in enumerate(out._terms_list)}
         out._word_term = {}

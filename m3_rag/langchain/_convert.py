@@ -8,7 +8,7 @@ from langchain_core.documents import Document
 
 from ..filters import compile_filter
 from ..fusion import FUSIONS
-from ..types import MODES, Hit, Record
+from ..types import STORE_MODES as MODES, Hit, Record
 
 __all__ = [
     "SCORE_KEY",

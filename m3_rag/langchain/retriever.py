@@ -55,7 +55,8 @@ class M3Retriever(BaseRetriever):
     Fields:
         store: the :class:`~m3_rag.HybridStore` to search (it must have an encoder).
         k: number of documents to return.
-        modes: modes to search (``"dense"``, ``"sparse"``, ``"colbert"``); ``None`` = every mode the store holds.
+        modes: modes to search (``"dense"``, ``"sparse"``, ``"colbert"``, ``"bm25"`` when the store holds it);
+            ``None`` = every mode the store holds.
         weights: per-mode weights, a list aligned with ``modes`` or a ``{mode: weight}`` dict;
             ``None`` (default) = passed on as ``None``: the store decides (its default weights for the fusion).
         fusion: ``"weighted"``, ``"rrf"`` or ``"dbsf"``.

@@ -79,6 +79,10 @@ class M3VectorStore(VectorStore):
     dense vectors only, L2-normalised so scores are cosine similarities. Asking such a store for
     ``"sparse"`` or ``"colbert"`` raises ``ValueError``.
 
+    ``modes`` may include ``"bm25"`` (BM25 over the stored texts, :mod:`m3_rag.index.bm25`) with either kind of
+    embedding: the store made on first use then holds it (a ``store=`` you pass must have been built with
+    ``HybridStore(modes=(..., "bm25"))``). This replaces LangChain's ``EnsembleRetriever`` + ``BM25Retriever``.
+
     Search keyword arguments (``similarity_search*``, ``as_retriever(search_kwargs=...)``):
     ``modes``, ``weights``, ``fusion`` (``"weighted"``, ``"rrf"``, ``"dbsf"``), ``candidates`` and
     ``filter`` (a dict such as ``{"year": {"$gte": 2020}}`` or a callable ``metadata -> bool``).
@@ -156,7 +160,10 @@ class M3VectorStore(VectorStore):
             with self._store_lock:
                 if self._store is None:
                     encoder = self._embedding.encoder if self._is_m3 else None  # type: ignore[attr-defined]
-                    self._store = HybridStore(encoder=encoder, show_progress=False)
+                    held = None
+                    if self.modes and "bm25" in self.modes:  # the store must be told to hold bm25
+                        held = (tuple(encoder.available_modes) if encoder is not None else ("dense",)) + ("bm25",)
+                    self._store = HybridStore(encoder=encoder, show_progress=False, modes=held)
         return self._store
 
     def _check_store(self, store: HybridStore) -> None:
@@ -192,12 +199,12 @@ class M3VectorStore(VectorStore):
 
     def _check_mode_support(self, modes: tuple[str, ...] | None) -> tuple[str, ...] | None:
         if modes is not None and not self._is_m3:
-            bad = [m for m in modes if m != "dense"]
+            bad = [m for m in modes if m not in ("dense", "bm25")]
             if bad:
                 raise ValueError(
                     f"M3VectorStore with embedding={type(self._embedding).__name__} holds dense vectors only, so "
                     f"mode(s) {bad} are not available. Use embedding=M3Embeddings(...) for sparse and colbert "
-                    "search, or search with modes=['dense']."
+                    "search, or search with modes=['dense'] (and 'bm25', BM25 over the texts)."
                 )
         return modes
 
@@ -304,7 +311,7 @@ class M3VectorStore(VectorStore):
         if self._is_m3:
             hits = self.store.search(query, **s)
         else:
-            hits = self.store.search_encoded(self._dense_query(self._embedding.embed_query(query)), **s)
+            hits = self.store.search_encoded(self._dense_query(self._embedding.embed_query(query)), query_text=query, **s)
         return [(hit_to_document(h), float(h.score)) for h in hits]
 
     def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:

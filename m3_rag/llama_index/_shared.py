@@ -259,4 +259,4 @@ def search_with_query_handover(store: Any, query_str: str, settings: dict[str, A
     shared.put_query(query_str, encoded.colbert[0])  # type: ignore[index]
     if "colbert" not in need:
         encoded = M3Output(dense=encoded.dense, sparse=encoded.sparse)
-    return store.search_encoded(encoded, **settings)
+    return store.search_encoded(encoded, query_text=query_str, **settings)

@@ -17,9 +17,11 @@ How LlamaIndex calls map to the store:
 
   ==========  ======================================================================================
   DEFAULT     dense: ``HybridStore.search(query_str, modes=("dense",), k=similarity_top_k)``
-  SPARSE      M3 lexical weights: ``modes=("sparse",)``, ``k = sparse_top_k or similarity_top_k``
-  HYBRID      fusion of ``modes`` (default ``("dense", "sparse")``); ``alpha`` sets the weights
-              ``{"dense": alpha, "sparse": 1 - alpha}``. Without ``sparse_top_k``/``hybrid_top_k``:
+  SPARSE      lexical, by the store option ``sparse_mode``: ``"sparse"`` (default) M3 lexical weights,
+              ``modes=("sparse",)``; ``"bm25"`` BM25 over the node texts, ``modes=("bm25",)``; ``"both"``
+              RRF of the two; ``k = sparse_top_k or similarity_top_k``
+  HYBRID      fusion of ``modes`` (default: dense and the ``sparse_mode`` mode(s)); ``alpha`` sets the weights
+              ``{"dense": alpha, <lexical mode>: 1 - alpha}``. Without ``sparse_top_k``/``hybrid_top_k``:
               ``k = similarity_top_k`` and the store's candidate pools. With either of them (LlamaIndex's
               meaning): the dense pool is the top ``similarity_top_k``, the sparse pool the top
               ``sparse_top_k`` (default ``similarity_top_k``), and the ``hybrid_top_k`` (default
@@ -92,7 +94,8 @@ _MMR_ONLY_KWARGS = ("mmr_threshold", "mmr_prefetch_k", "mmr_prefetch_factor")
 #: dense hits (at least ``MMR_MIN_PREFETCH``).
 MMR_PREFETCH_FACTOR = 4.0
 MMR_MIN_PREFETCH = 20
-_FIRST_STAGE = ("dense", "sparse")
+#: ``sparse_mode`` -> the lexical modes LlamaIndex's SPARSE query mode (and HYBRID's default) searches.
+SPARSE_MODES: dict[str, tuple[str, ...]] = {"sparse": ("sparse",), "bm25": ("bm25",), "both": ("sparse", "bm25")}
 _STORE_METHODS = ("add", "search", "search_encoded", "get", "delete", "ids", "clear", "save")
 NAMESPACE_SEP = "__"
 
@@ -147,6 +150,10 @@ class M3VectorStore(BasePydanticVectorStore):
         store: an existing ``HybridStore`` (or a store with the same API, e.g. ``QdrantHybridStore``) that has
             an encoder. Give exactly one of ``model`` and ``store``.
         batch_size: texts per encoder batch in ``add``.
+        sparse_mode: what LlamaIndex's SPARSE query mode means (and the lexical part of HYBRID's default
+            modes): ``"sparse"`` (default: M3's learned lexical weights), ``"bm25"`` (BM25 over the node texts)
+            or ``"both"`` (RRF of the two in SPARSE). With ``model=`` and ``"bm25"``/``"both"`` the new store
+            holds bm25 too; a ``store=`` must have been built with ``HybridStore(modes=(..., "bm25"))``.
         encoder_kwargs: ``M3Encoder.from_pretrained`` options when ``model`` is a hub id or a path.
         **store_kwargs: ``HybridStore`` options (``dense_index``, ``colbert_dtype``, ``show_progress``...),
             only with ``model``.
@@ -158,6 +165,7 @@ class M3VectorStore(BasePydanticVectorStore):
     is_embedding_query: bool = False
     flat_metadata: bool = False
     batch_size: int = Field(default=32, gt=0, description="Texts per encoder batch in add().")
+    sparse_mode: str = Field(default="sparse", description="SPARSE query mode: 'sparse' (M3), 'bm25' or 'both'.")
 
     _store: Any = PrivateAttr()
 
@@ -167,9 +175,12 @@ class M3VectorStore(BasePydanticVectorStore):
         *,
         store: Any | None = None,
         batch_size: int = 32,
+        sparse_mode: str = "sparse",
         encoder_kwargs: Mapping[str, Any] | None = None,
         **store_kwargs: Any,
     ) -> None:
+        if sparse_mode not in SPARSE_MODES:
+            raise ValueError(f"sparse_mode must be one of {', '.join(SPARSE_MODES)}; got {sparse_mode!r}")
         if (model is None) == (store is None):
             raise ValueError(
                 "M3VectorStore needs exactly one of model= (a hub id, a local path or an M3Encoder: a new "
@@ -180,6 +191,8 @@ class M3VectorStore(BasePydanticVectorStore):
             from ..store import HybridStore
 
             encoder = LazyEncoder(model, encoder_kwargs, owner="M3VectorStore").get()  # type: ignore[arg-type]
+            if "bm25" in SPARSE_MODES[sparse_mode] and "modes" not in store_kwargs:
+                store_kwargs["modes"] = tuple(encoder.available_modes) + ("bm25",)
             store = HybridStore(encoder, **store_kwargs)
         else:
             if store_kwargs or encoder_kwargs:
@@ -197,14 +210,14 @@ class M3VectorStore(BasePydanticVectorStore):
                     "M3VectorStore needs a store with an encoder to encode nodes and queries; this store has none. "
                     "Load it with HybridStore.load(path, encoder=M3Encoder.from_pretrained(...))."
                 )
-        super().__init__(batch_size=batch_size)
+        super().__init__(batch_size=batch_size, sparse_mode=sparse_mode)
         self._store = store
         if isinstance(store.encoder, M3Encoder):
             shared_for(store.encoder).register_store(self)
 
     def wanted_heads(self) -> tuple[str, ...]:
         """The heads ``add`` encodes: the store's modes, or every head of the encoder for a store still empty."""
-        modes = tuple(getattr(self._store, "modes", ()) or ())
+        modes = tuple(m for m in (getattr(self._store, "modes", ()) or ()) if m != "bm25")  # bm25 reads the texts
         return modes or tuple(self._store.encoder.available_modes)
 
     @classmethod
@@ -329,9 +342,13 @@ class M3VectorStore(BasePydanticVectorStore):
             elif mode == VectorStoreQueryMode.DEFAULT:
                 plan.update(modes=("dense",), k=top_k)
             else:
-                plan.update(modes=("sparse",), k=sparse_top_k or top_k)
+                lexical = SPARSE_MODES[self.sparse_mode]
+                plan.update(modes=lexical, k=sparse_top_k or top_k)
+                if len(lexical) > 1:
+                    plan.update(fusion="rrf")
             return plan
-        modes = check_modes(kwargs.get("modes", _FIRST_STAGE), "vector_store_kwargs['modes']")
+        lexical = SPARSE_MODES[self.sparse_mode]
+        modes = check_modes(kwargs.get("modes", ("dense",) + lexical), "vector_store_kwargs['modes']")
         weights = kwargs.get("weights")
         if query.alpha is not None:
             alpha = query.alpha
@@ -339,12 +356,13 @@ class M3VectorStore(BasePydanticVectorStore):
                 raise ValueError(f"alpha must be a number in [0, 1] (1 = dense only, 0 = sparse only); got {alpha!r}")
             if weights is not None:
                 raise ValueError("give either alpha or vector_store_kwargs['weights'], not both")
-            if sorted(modes) != sorted(_FIRST_STAGE):
+            lex = [m for m in modes if m in ("sparse", "bm25")]
+            if len(modes) != 2 or "dense" not in modes or len(lex) != 1:
                 raise ValueError(
-                    f"alpha weighs dense against sparse, but the modes are {modes}; "
+                    f"alpha weighs dense against one lexical mode (sparse or bm25), but the modes are {modes}; "
                     "pass vector_store_kwargs['weights'] (e.g. {'dense': 0.4, 'sparse': 0.2, 'colbert': 0.4}) instead"
                 )
-            weights = {"dense": float(alpha), "sparse": 1.0 - float(alpha)}
+            weights = {"dense": float(alpha), lex[0]: 1.0 - float(alpha)}
         fusion = kwargs.get("fusion", "weighted")
         resolve_weights(modes, weights, fusion)  # validate now: an empty store would not look at them
         plan.update(modes=modes, weights=weights, fusion=fusion, k=top_k)
@@ -358,9 +376,9 @@ class M3VectorStore(BasePydanticVectorStore):
                     "['candidates'], not both"
                 )
             plan["k"] = hybrid_top_k or top_k
-            first = [m for m in modes if m in _FIRST_STAGE]
+            first = [m for m in modes if m in ("dense", "sparse", "bm25")]
             if len(modes) > 1 and first:
-                plan["depths"] = {"dense": top_k, "sparse": sparse_top_k or top_k}
+                plan["depths"] = {"dense": top_k, "sparse": sparse_top_k or top_k, "bm25": sparse_top_k or top_k}
         elif candidates is not None:
             plan["candidates"] = candidates
         return plan
@@ -453,7 +471,8 @@ class M3VectorStore(BasePydanticVectorStore):
             shared_for(encoder).put_query(query_str, encoded.colbert[0])  # type: ignore[index]
         # one pipeline call: each first stage keeps its own depth, and the union is scored and fused exactly
         pools = {m: d for m, d in depths.items() if m in modes}
-        return self._store.search_encoded(encoded, filter=search_filter, ids=ids, candidates=pools, **settings)
+        return self._store.search_encoded(encoded, query_text=query_str, filter=search_filter, ids=ids, candidates=pools,
+                                          **settings)
 
     # ------------------------------------------------------------------ async: the sync code in a worker thread
     async def async_add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> List[str]:

@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping, Sequence
 
 from ..filters import compile_filter
-from ..fusion import DEFAULT_WEIGHTS, FUSIONS, resolve_weights
-from ..types import MODES
+from ..fusion import DEFAULT_BM25_WEIGHT, DEFAULT_WEIGHTS, FUSIONS, resolve_weights
+from ..types import MODES, STORE_MODES
 from ..validation import check_ids, check_k, check_modes
 
-__all__ = ["SearchOptions", "parse_options", "OPTION_NAMES", "DEFAULT_K", "DEFAULT_CANDIDATES", "default_weights"]
+__all__ = ["SearchOptions", "parse_options", "OPTION_NAMES", "DEFAULT_K", "DEFAULT_CANDIDATES", "default_weights",
+           "default_modes", "default_fusion", "modes_key"]
 
 DEFAULT_K = 10
 #: First-stage depth per mode when ``candidates`` is not given (never fewer than ``k``).
@@ -18,14 +19,52 @@ DEFAULT_CANDIDATES = 100
 OPTION_NAMES = ("k", "modes", "weights", "fusion", "candidates", "filter", "ids", "explain")
 
 
-def default_weights(encoder: Any | None) -> dict[str, float]:
-    """The weighted-fusion weights used when none are given: the model's declared ``fusion_weights``
-    (``minilm-m3`` declares them), else FlagEmbedding's :data:`m3_rag.fusion.DEFAULT_WEIGHTS`."""
-    declared = getattr(encoder, "fusion_weights", None) if encoder is not None else None
+def modes_key(modes: Sequence[str]) -> str:
+    """The canonical name of a mode set: its modes in :data:`m3_rag.types.STORE_MODES` order joined by ``+``
+    (``"dense+sparse+colbert+bm25"``), the key of a model's ``fusion_weights_by_modes``."""
+    return "+".join(m for m in STORE_MODES if m in set(modes))
+
+
+def default_weights(encoder: Any | None, modes: Sequence[str] | None = None) -> dict[str, float]:
+    """The weighted-fusion weights used when none are given, for the mode set ``modes``.
+
+    In order: the model's ``fusion_weights_by_modes[modes_key(modes)]`` (recommended weights for exactly that
+    mode set, from its ``m3_model.json``), else its ``fusion_weights`` (``minilm-m3`` declares them), else
+    FlagEmbedding's :data:`m3_rag.fusion.DEFAULT_WEIGHTS` (and :data:`m3_rag.fusion.DEFAULT_BM25_WEIGHT` for
+    ``bm25``). Returns a weight for every mode of :data:`m3_rag.types.STORE_MODES` (or of ``modes``)."""
     out = dict(DEFAULT_WEIGHTS)
+    out["bm25"] = DEFAULT_BM25_WEIGHT
+    if encoder is None:
+        return out
+    declared = getattr(encoder, "fusion_weights", None)
     if isinstance(declared, Mapping):
         out.update({str(m): float(w) for m, w in declared.items()})
+    by_modes = getattr(encoder, "fusion_weights_by_modes", None)
+    if modes is not None and isinstance(by_modes, Mapping):
+        exact = by_modes.get(modes_key(modes))
+        if isinstance(exact, Mapping) and all(m in exact for m in modes):
+            out.update({str(m): float(w) for m, w in exact.items()})
     return out
+
+
+def default_modes(encoder: Any | None, held: Sequence[str] | None) -> tuple[str, ...]:
+    """The modes searched when the caller gives none: the model's ``default_modes`` (from its
+    ``m3_model.json``) restricted to the modes the store holds, else :data:`m3_rag.types.MODES` (or, for a store
+    holding none of those, such as a bm25-only store, its own modes)."""
+    declared = getattr(encoder, "default_modes", None) if encoder is not None else None
+    if declared:
+        picked = tuple(m for m in STORE_MODES if m in declared and (not held or m in held))
+        if picked:
+            return picked
+    if held and not any(m in MODES for m in held):
+        return tuple(held)
+    return MODES
+
+
+def default_fusion(encoder: Any | None) -> str:
+    """The fusion used when the caller gives none: the model's ``default_fusion``, else ``"weighted"``."""
+    declared = getattr(encoder, "default_fusion", None) if encoder is not None else None
+    return declared if isinstance(declared, str) and declared in FUSIONS else "weighted"
 
 
 @dataclass(frozen=True)
@@ -42,7 +81,8 @@ class SearchOptions:
             first stages are exactly those modes, unpadded.
         filter: a compiled metadata predicate (``None``: no filter); ``filter_spec`` keeps the original.
         ids: restrict to these ids (``None``: no restriction).
-        explain: fill ``Hit.explain`` with matched lexical tokens (only when ``sparse`` is searched).
+        explain: fill ``Hit.explain`` with matched lexical terms (sparse tokens, ``bm25:`` stems) when ``sparse``
+            or ``bm25`` is searched.
         extra: backend-specific options (for example ``server_fusion``).
     """
 
@@ -60,7 +100,7 @@ class SearchOptions:
 
 
 def _first_stages(modes: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(m for m in ("dense", "sparse") if m in modes) or (modes[0],)
+    return tuple(m for m in ("dense", "sparse", "bm25") if m in modes) or (modes[0],)
 
 
 def parse_options(
@@ -69,23 +109,33 @@ def parse_options(
     encoder: Any | None = None,
     extra_names: Sequence[str] = (),
     k: int = DEFAULT_K,
-    modes: Sequence[str] | str = MODES,
+    modes: Sequence[str] | str | None = None,
     weights: Sequence[float] | Mapping[str, float] | None = None,
-    fusion: str = "weighted",
+    fusion: str | None = None,
     candidates: int | Mapping[str, int] | None = None,
     filter: Mapping[str, Any] | Callable[[dict], bool] | None = None,
     ids: Collection[str] | None = None,
     explain: bool = False,
     **rest: Any,
 ) -> SearchOptions:
-    """Validate the keyword arguments of ``search*`` for a store holding ``held`` modes (``None``: empty store)."""
+    """Validate the keyword arguments of ``search*`` for a store holding ``held`` modes (``None``: empty store).
+
+    ``modes=None`` / ``fusion=None`` take the model's defaults (:func:`default_modes`, :func:`default_fusion`);
+    weighted fusion without ``weights`` takes :func:`default_weights` for the searched mode set."""
     unknown = sorted(set(rest) - set(extra_names)) if rest else None
     if unknown:
         raise TypeError(f"unknown search option(s) {unknown}; valid: {', '.join(OPTION_NAMES + tuple(extra_names))}")
     k = check_k(k)
-    mode_t = check_modes(modes)
+    mode_t = check_modes(default_modes(encoder, held) if modes is None else modes)
+    if fusion is None:
+        fusion = default_fusion(encoder)
     if held:
         missing = [m for m in mode_t if m not in held]
+        if missing == ["bm25"]:
+            raise ValueError(
+                f"this store does not hold the bm25 mode (it holds {tuple(held)}); bm25 must be declared when the "
+                "store is made, e.g. HybridStore(encoder, modes=('dense', 'sparse', 'colbert', 'bm25'))"
+            )
         if missing:
             raise ValueError(
                 f"this store holds no {missing} vectors (it holds {tuple(held)}); search modes={tuple(held)} "
@@ -94,7 +144,7 @@ def parse_options(
     if fusion not in FUSIONS:
         raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
     if weights is None and fusion == "weighted":
-        dw = default_weights(encoder)
+        dw = default_weights(encoder, mode_t)
         weights = {m: dw[m] for m in mode_t}
     w = resolve_weights(mode_t, weights, fusion)
     explicit = isinstance(candidates, Mapping)
@@ -114,10 +164,10 @@ def parse_options(
     pred = compile_filter(filter) if not (isinstance(filter, Mapping) and not filter) and filter is not None else None
     id_set = frozenset(check_ids(ids, ordered=False)) if ids is not None else None
     if explain:
-        if encoder is None:
+        if encoder is None and ("sparse" in mode_t or "bm25" not in mode_t):
             raise ValueError("explain=True needs an encoder to turn token ids into strings; pass encoder= to the store")
-        if held and "sparse" not in held:
-            raise ValueError(f"explain=True needs sparse vectors but this store holds {tuple(held)}")
+        if held and "sparse" not in held and "bm25" not in held:
+            raise ValueError(f"explain=True needs sparse vectors or bm25 but this store holds {tuple(held)}")
     return SearchOptions(
         k=k, modes=mode_t, weights=w, fusion=fusion, depths=depths, explicit_depths=explicit, filter=pred,
         filter_spec=filter, ids=id_set, explain=bool(explain), extra=dict(rest),

@@ -21,10 +21,22 @@ from ..fusion import fuse
 from ..types import Hit, M3Output
 from .options import SearchOptions
 
-__all__ = ["Candidates", "SearchBackend", "run", "LEXICAL_MODES"]
+__all__ = ["Candidates", "SearchBackend", "run", "LEXICAL_MODES", "BM25_EXPLAIN_PREFIX", "BM25_UNSUPPORTED",
+           "NO_BM25_ENTRIES"]
 
-#: Modes whose single-mode search returns only documents sharing a term with the query (score > 0).
-LEXICAL_MODES = ("sparse",)
+#: The error when ``bm25`` is searched on a store none of whose searchable documents has a bm25 entry.
+NO_BM25_ENTRIES = (
+    "no searchable document of this store has a bm25 entry: bm25 indexes the document texts, and these documents "
+    "were added without text (add_encoded(..., texts=None)). Add documents with texts, or search other modes"
+)
+
+#: Modes whose single-mode search returns only documents sharing a term with the query (score > 0), and whose
+#: fusion first stage is padded with non-matching documents in insertion order.
+LEXICAL_MODES = ("sparse", "bm25")
+#: The prefix of BM25 stems in ``Hit.explain`` (sparse tokens have none).
+BM25_EXPLAIN_PREFIX = "bm25:"
+#: The ``NotImplementedError`` message of a backend without the bm25 mode.
+BM25_UNSUPPORTED = "bm25 is not supported by this backend yet"
 _QUERY_CHUNK = 64
 
 
@@ -54,6 +66,12 @@ class SearchBackend(ABC):
 
     A new backend implements the five abstract methods in one file; fusion, the tie rule, boundary
     handling, explain formatting and hit ordering come from :func:`run`.
+
+    Mode ``"bm25"``: the query rows carry their texts in ``Q.text`` (one string per row; :func:`run` checks it
+    is there). ``first_stage("bm25", ...)`` returns the documents matching at least one query stem (padded
+    with non-matching ones in insertion order when ``pad``), ``score("bm25", q, cands)`` the exact BM25 of
+    ``q.text[0]``; :meth:`matched_stems` serves ``explain``, :meth:`bm25_documents` the "no texts" error.
+    A query with no stem after tokenisation matches nothing (an empty first stage, not an error).
     """
 
     #: Extra results fetched past a cut so that ties there are broken by the tie rule, not by the engine.
@@ -88,6 +106,15 @@ class SearchBackend(ABC):
     def matched_terms(self, q_sparse: Mapping[int, float], cands: Candidates) -> list[list[tuple[int, float]]]:
         """Per candidate, the query's sparse tokens it shares: ``[(token id, q_w * d_w)]``."""
         raise NotImplementedError
+
+    def matched_stems(self, query_text: str, cands: Candidates) -> list[dict[str, float]]:
+        """Per candidate, the stems of ``query_text`` it contains: ``{stem: contribution to its bm25 score}``."""
+        raise NotImplementedError(BM25_UNSUPPORTED)
+
+    def bm25_documents(self) -> int | None:
+        """How many live documents of the store have a bm25 entry (``None``: unknown; the pipeline then
+        skips the check). :func:`run` raises ``ValueError`` when ``bm25`` is searched and this is 0."""
+        return None
 
     def candidates(self, Q: M3Output, opts: SearchOptions, restriction: Any) -> list[Candidates]:
         """The candidate union per query row: every first stage's top list, in insertion order. Backends may
@@ -136,10 +163,19 @@ def _explain(backend: SearchBackend, q_sparse: Mapping[int, float], cands: Candi
         h.explain = dict(sorted(agg.items(), key=lambda kv: -kv[1]))
 
 
+def _explain_bm25(backend: SearchBackend, query_text: str, cands: Candidates, hits: list[Hit]) -> None:
+    for h, stems in zip(hits, backend.matched_stems(query_text, cands)):
+        merged = dict(h.explain or {})
+        merged.update((BM25_EXPLAIN_PREFIX + stem, float(c)) for stem, c in stems.items())
+        h.explain = dict(sorted(merged.items(), key=lambda kv: -kv[1]))
+
+
 def _finish(backend: SearchBackend, q: M3Output, c: Candidates, fused: np.ndarray, opts: SearchOptions) -> list[Hit]:
     hits = backend.hits(c, fused, {m: c.scores[m] for m in opts.modes})
     if opts.explain and "sparse" in opts.modes and hits:
         _explain(backend, q.sparse[0], c, hits)  # type: ignore[index]
+    if opts.explain and "bm25" in opts.modes and hits:
+        _explain_bm25(backend, q.text[0], c, hits)  # type: ignore[index]
     return hits
 
 
@@ -172,10 +208,17 @@ def run(backend: SearchBackend, Q: M3Output, opts: SearchOptions) -> list[list[H
     nq = len(Q)
     if nq == 0:
         return []
+    if "bm25" in opts.modes and Q.text is None:
+        raise ValueError(
+            "mode 'bm25' needs the query text: search() with a text query, or pass query_text= to search_encoded "
+            "(query_texts= to search_encoded_batch)"
+        )
     restriction = backend.restrict(opts)
     n_allowed = backend.count(restriction)
     if n_allowed == 0:
         return [[] for _ in range(nq)]
+    if "bm25" in opts.modes and backend.bm25_documents() == 0:
+        raise ValueError(NO_BM25_ENTRIES)
     k = min(opts.k, n_allowed)
     opts_k = opts
     if not opts.explicit_depths and any(d > n_allowed for d in opts.depths.values()):
