@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -204,69 +205,67 @@ def rss_gb() -> float:
 
 
 def cmd_scale(args) -> None:
-    """A three-mode corpus built directly on the codec and pooling functions (not through a store):
-    ColBERT (pooled, compact codec), 1024-d dense (float32, brute force), sparse (CSR, 100 terms/doc, 250k vocab)."""
-    import scipy.sparse as sp
-    from m3_rag.index.pooling import pool_tokens
+    """One ``HybridStore`` holding ``--docs`` synthetic BGE-M3-shaped documents in all three modes: ColBERT
+    (``--tokens`` x ``--dim`` per document, stored with ``colbert_storage=--codec`` and ``colbert_pool_factor``),
+    1024-d dense (FAISS flat, float32) and sparse (100 weights per document over a 250k vocabulary), added with
+    ``add_encoded`` in chunks. Token vectors are drawn from a bank of 65,536 random unit vectors (gathered, so a
+    billion-float corpus is cheap to generate; every document still pools 100 distinct vectors). Reports the peak
+    RSS of this process, ``memory_bytes()``, add throughput (generation excluded) and hybrid search p50/p95
+    (``search_encoded``, three modes, weighted, k=10, 32 query tokens)."""
+    from m3_rag import HybridStore, M3Output
 
     rng = np.random.default_rng(0)
-    dim, tpd, n = args.dim, args.tokens, args.docs
-    codec = make(args.codec, dim)
-    chunk = 500
-    if codec.trained:
-        codec.fit(synthetic_docs(rng, 600, tpd, dim, np.float32))
-    parts: dict[str, list] = {}
-    lengths, dense, sp_rows = [], np.empty((n, dim), dtype=np.float32), []
-    t_add = time.perf_counter()
-    pool_s = 0.0
+    dim, tpd, n, chunk = args.dim, args.tokens, args.docs, args.chunk
+    bank = rng.standard_normal((65_536, dim), dtype=np.float32)
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+
+    def rows(m: int) -> M3Output:
+        dense = rng.standard_normal((m, 1024), dtype=np.float32)
+        dense /= np.linalg.norm(dense, axis=1, keepdims=True)
+        cols = rng.integers(0, 250_000, (m, 100))
+        vals = rng.random((m, 100), dtype=np.float32) * 0.3
+        sparse = [dict(zip(c.tolist(), v.tolist())) for c, v in zip(cols, vals)]
+        tok = bank[rng.integers(0, len(bank), m * tpd)].reshape(m, tpd, dim)
+        return M3Output(dense=dense, sparse=sparse, colbert=list(tok))
+
+    store = HybridStore(colbert_storage=args.codec, colbert_pool_factor=args.pool_factor, show_progress=False)
+    if store.colbert_dtype == "pq":
+        raise SystemExit("scale: pq trains on the first add; use binary/int8/fp16 here")
+    add_s, growth = 0.0, []
+    t_all = time.perf_counter()
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
-        x = synthetic_docs(rng, e - s, tpd, dim, np.float32)
-        tp = time.perf_counter()
-        docs = [pool_tokens(x[i * tpd : (i + 1) * tpd], args.pool_factor) for i in range(e - s)]
-        pool_s += time.perf_counter() - tp
-        lengths += [len(d) for d in docs]
-        for k, v in codec.encode(np.concatenate(docs)).items():
-            parts.setdefault(k, []).append(v)
-        dv = rng.standard_normal((e - s, dim)).astype(np.float32)
-        dense[s:e] = dv / np.linalg.norm(dv, axis=1, keepdims=True)
-        cols = rng.integers(0, 250_000, (e - s, 100))
-        sp_rows.append(sp.csr_matrix((rng.random((e - s) * 100).astype(np.float32), cols.reshape(-1),
-                                      np.arange(0, (e - s) * 100 + 1, 100)), shape=(e - s, 250_000)))
-        del x, docs
-    parts = {k: np.concatenate(v) for k, v in parts.items()}
-    sparse = sp.vstack(sp_rows).tocsc()
-    del sp_rows
-    add_s = time.perf_counter() - t_add
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    nbytes = {"colbert": int(sum(v.nbytes for v in parts.values()) + offsets.nbytes), "dense": int(dense.nbytes),
-              "sparse": int(sparse.data.nbytes + sparse.indices.nbytes + sparse.indptr.nbytes)}
-    lat = []
-    for i in range(args.queries):
-        qd = dense[rng.integers(n)]
-        qc = synthetic_docs(rng, 1, 32, dim, np.float32)
-        qs_cols = rng.integers(0, 250_000, 16)
+        batch = rows(e - s)
         t = time.perf_counter()
-        ds = dense @ qd
-        top_d = np.argpartition(-ds, 100)[:100]
-        ss = np.asarray(sparse[:, qs_cols].sum(axis=1)).reshape(-1)
-        top_s = np.argpartition(-ss, 100)[:100]
-        cand = np.union1d(top_d, top_s)
-        cs = codec.maxsim(qc, parts, offsets, cand)
-        fused = ds[cand] + 0.3 * ss[cand] + 5.0 * cs
-        _ = cand[np.argsort(-fused, kind="stable")[:10]]
-        lat.append(time.perf_counter() - t)
+        store.add_encoded(batch, ids=[f"d{i}" for i in range(s, e)])
+        add_s += time.perf_counter() - t
+        del batch
+        if e in args.checkpoints or e == n:
+            growth.append({"docs": e, "add_docs_per_s": round(e / add_s, 1), "rss_gb": round(rss_gb(), 3),
+                           "memory_bytes": store.memory_bytes()})
+            print(json.dumps(growth[-1]), file=sys.stderr, flush=True)
+    lat = []
+    for i in range(args.queries + 2):
+        q = rows(1)
+        qc = bank[rng.integers(0, len(bank), 32)]
+        q = M3Output(dense=q.dense, sparse=[dict(list(q.sparse[0].items())[:16])], colbert=[qc])
+        t = time.perf_counter()
+        store.search_encoded(q, k=10, modes=("dense", "sparse", "colbert"))
+        if i >= 2:  # two warm-ups
+            lat.append(time.perf_counter() - t)
+    mem = store.memory_bytes()
     out = {"docs": n, "tokens_per_doc": tpd, "dim": dim, "codec": args.codec, "pool_factor": args.pool_factor,
-           "stored_colbert_vectors": int(offsets[-1]), "bytes": nbytes, "bytes_total": int(sum(nbytes.values())),
-           "peak_rss_gb": round(rss_gb(), 3), "add_seconds": round(add_s, 1), "pool_seconds": round(pool_s, 1),
-           "add_docs_per_s": round(n / add_s, 1),
+           "memory_bytes": mem, "memory_gb_total": round(sum(mem.values()) / 1e9, 3),
+           "colbert_bytes_per_raw_token": round(mem["colbert"] / (n * tpd), 2),
+           "peak_rss_gb": round(rss_gb(), 3), "add_seconds": round(add_s, 1), "wall_seconds": round(time.perf_counter() - t_all, 1),
+           "add_docs_per_s": round(n / add_s, 1), "growth": growth,
            "hybrid_search_ms_p50": round(1000 * float(np.percentile(lat, 50)), 2),
-           "hybrid_search_ms_p95": round(1000 * float(np.percentile(lat, 95)), 2)}
+           "hybrid_search_ms_p95": round(1000 * float(np.percentile(lat, 95)), 2),
+           "load_avg_1m_at_end": round(os.getloadavg()[0], 2)}
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    scale = data.get("scale", {})
-    scale[str(n)] = out
-    save("scale", scale)
+    scale = data.get("scale_store", {})
+    scale[f"{n}|{args.codec}|pool{args.pool_factor}"] = out
+    save("scale_store", scale)
     print(json.dumps(out))
 
 
@@ -293,6 +292,9 @@ def main() -> None:
     s.add_argument("--codec", default="binary")
     s.add_argument("--pool-factor", type=int, default=2)
     s.add_argument("--queries", type=int, default=50)
+    s.add_argument("--chunk", type=int, default=2000, help="documents per add_encoded call")
+    s.add_argument("--checkpoints", type=int, nargs="*", default=[10_000, 100_000],
+                   help="also record throughput, RSS and memory_bytes() when the store reaches these sizes")
     args = ap.parse_args()
     {"quality": cmd_quality, "latency": cmd_latency, "scale": cmd_scale}[args.cmd](args)
 
