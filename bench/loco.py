@@ -63,6 +63,9 @@ WEIGHTED_REF = {"sparse": 0.5, "colbert": 2.0, "bm25": 0.03}
 #: Rank-based and normalised fusions: weights relative to the reference mode's 1.
 RELATIVE_GRID = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 FUSIONS = ("weighted", "rrf", "rrf-w", "dbsf", "dbsf-w")
+#: Fusions a model's ``m3_model.json`` can recommend with its weights (``fusion_weights*`` are weighted-fusion
+#: weights; RRF and DBSF are recommended with equal weights).
+SHIPPABLE = ("weighted", "rrf", "dbsf")
 
 
 @dataclass(frozen=True)
@@ -303,18 +306,17 @@ def assemble(args, names, singles, choices, max_check) -> dict:
         return next(c for c in choices if c["modes"] == modes and c["fusion"] == fusion and c["colbert_head"] == head)
 
     ranked = sorted(choices, key=lambda c: (-c["heldout_min"], -c["heldout_mean"]))
-    winner = ranked[0]
+    # m3_model.json can declare a default fusion and weighted-fusion weights, not weights for RRF/DBSF: the
+    # recommendation is the best choice among weighted, rrf and dbsf (equal weights); rrf-w/dbsf-w are reported
+    best_any = ranked[0]
+    winner = next(c for c in ranked if c["fusion"] in SHIPPABLE)
     baseline = find("dense+bm25", "rrf")
+    for c in choices:  # worst held-out difference to the off-the-shelf hybrid (target: >= -0.01 everywhere)
+        c["heldout_min_vs_rrf_bm25_dense"] = round(min(c["heldout"][n] - baseline["heldout"][n] for n in names), 4)
     shipped_head = winner["colbert_head"] or "trained"
     # per mode set (the shipped ColBERT head): weights tuned on all six for weighted fusion and for the default fusion
-    by_modes, by_modes_default = {}, {}
-    for c in choices:
-        if c["colbert_head"] not in (None, shipped_head):
-            continue
-        if c["fusion"] == "weighted":
-            by_modes[c["modes"]] = c["all_six"]["weights"]
-        if c["fusion"] == winner["fusion"]:
-            by_modes_default[c["modes"]] = c["all_six"]["weights"]
+    by_modes = {c["modes"]: c["all_six"]["weights"] for c in choices
+                if c["fusion"] == "weighted" and c["colbert_head"] in (None, shipped_head)}
     m3 = find("dense+sparse+colbert", "weighted")
     max_bm25_dense = max(singles["bm25"]["mean"], singles["dense"]["mean"])
     per_max = {n: max(singles["bm25"][n], singles["dense"][n]) for n in names}
@@ -352,17 +354,45 @@ def assemble(args, names, singles, choices, max_check) -> dict:
         "max_abs_fast_vs_ndcg10": max_check,
         "single_modes": singles,
         "baseline_rrf_bm25_dense": {k: baseline[k] for k in ("heldout", "heldout_mean", "heldout_min", "all_six")},
+        "best_any_fusion": {k: best_any[k] for k in ("label", "fusion", "heldout", "heldout_mean", "heldout_min", "all_six")},
         "chosen": {k: winner[k] for k in ("label", "modes", "colbert_head", "fusion", "heldout", "heldout_mean",
                                           "heldout_min", "fold_weights", "all_six")},
         "recommendation": {
-            "default_modes": winner["modes"].split("+"), "default_fusion": winner["fusion"].split("-")[0],
+            "default_modes": winner["modes"].split("+"), "default_fusion": winner["fusion"],
             "default_fusion_weights": winner["all_six"]["weights"], "colbert_head": shipped_head,
-            "fusion_weights_by_modes_weighted": by_modes, "fusion_weights_by_modes_default_fusion": by_modes_default,
+            "fusion_weights_by_modes_weighted": by_modes,
         },
         "targets": targets,
-        "ranking": [{k: c[k] for k in ("label", "fusion", "heldout_min", "heldout_mean")} for c in ranked],
+        "ranking": [{k: c[k] for k in ("label", "fusion", "heldout_min", "heldout_mean", "heldout_min_vs_rrf_bm25_dense")}
+                    for c in ranked],
         "choices": choices,
     }
+
+
+def write_model_json(result: dict, path: Path) -> None:
+    """Record the recommendation in a model's ``m3_model.json`` (other keys kept)."""
+    meta = json.loads(path.read_text())
+    rec = result["recommendation"]
+    by_modes = rec["fusion_weights_by_modes_weighted"]
+    names = ", ".join(result["collections"])
+    full = "+".join(CANONICAL)
+    meta["fusion_weights"] = by_modes[full]
+    meta["fusion_weights_note"] = (
+        f"weighted-fusion weights of the {full} mode set, tuned on {names} (bench/loco.py, MODEL_CARD.md); "
+        "for a searched subset without its own entry in fusion_weights_by_modes, these weights restricted to it")
+    meta["fusion_weights_by_modes"] = by_modes
+    meta["fusion_weights_by_modes_note"] = (
+        "weighted-fusion weights (raw-score weighted mean) per searched mode set, key = modes in the order "
+        f"dense, sparse, colbert, bm25 joined by '+'; each tuned on all of {names} with HybridStore's candidates "
+        "(bench/loco.py)")
+    meta["default_modes"] = rec["default_modes"]
+    meta["default_fusion"] = rec["default_fusion"]
+    c = result["chosen"]
+    meta["default_modes_note"] = (
+        f"default_modes and default_fusion: the choice whose worst held-out collection is best in a "
+        f"leave-one-collection-out over {names} (bench/loco.py, MODEL_CARD.md): held-out nDCG@10 mean "
+        f"{c['heldout_mean']:.3f}, worst {c['heldout_min']:.3f}; ColBERT head: {rec['colbert_head']}")
+    path.write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def main(argv=None) -> None:
@@ -374,12 +404,23 @@ def main(argv=None) -> None:
     p.add_argument("--scores-dir", type=Path, default=Path("/tmp/loco_scores"), help="where score matrices are cached (npy)")
     p.add_argument("--datasets-dir", type=Path, default=ev.DATASETS)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--write-model-json", type=Path, default=None, metavar="M3_MODEL_JSON",
+                   help="record the recommendation in this m3_model.json (the bundled one: "
+                        "m3_rag/models/minilm-m3/m3_model.json)")
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="skip the computation: re-assemble the recommendation from a previous --json result")
     args = p.parse_args(argv)
     ev.DATASETS = args.datasets_dir
-    out = run(args)
+    if args.from_json:  # re-assemble (selection, targets) from a previous run's per-choice results
+        prev = json.loads(args.from_json.read_text())
+        out = assemble(args, prev["collections"], prev["single_modes"], prev["choices"], prev["max_abs_fast_vs_ndcg10"])
+    else:
+        out = run(args)
     text = json.dumps(out, indent=1)
-    if args.json:
+    if args.json and not args.from_json:
         args.json.write_text(text + "\n")
+    if args.write_model_json:
+        write_model_json(out, args.write_model_json)
     print(text)
 
 
