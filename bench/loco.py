@@ -55,17 +55,19 @@ DEPTH = 100
 #: sparse 0.07, ColBERT 0.07, bm25 1.7, so equal contributions sit near sparse 1.5, colbert 1.6, bm25 0.06.
 WEIGHTED_GRID = {
     "sparse": (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5),
-    "colbert": (0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0),
+    "colbert": (0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0),
     "bm25": (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15),
 }
 #: When dense is not searched, the first mode is the reference, at this weight (its grid's middle).
 WEIGHTED_REF = {"sparse": 0.5, "colbert": 2.0, "bm25": 0.03}
 #: Rank-based and normalised fusions: weights relative to the reference mode's 1.
-RELATIVE_GRID = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+RELATIVE_GRID = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0)
 FUSIONS = ("weighted", "rrf", "rrf-w", "dbsf", "dbsf-w")
 #: Fusions a model's ``m3_model.json`` can recommend with its weights (``fusion_weights*`` are weighted-fusion
 #: weights; RRF and DBSF are recommended with equal weights).
 SHIPPABLE = ("weighted", "rrf", "dbsf")
+#: Choices whose worst held-out score is this close to the best one are listed as near ties.
+NEAR = 0.005
 
 
 @dataclass(frozen=True)
@@ -209,10 +211,14 @@ class Prepared:
             out = out / sum(weights.values())
         return np.where(self.valid, out, -np.inf)
 
-    def fast_ndcg(self, fused: np.ndarray) -> float:
+    def per_query(self, fused: np.ndarray) -> np.ndarray:
+        """nDCG@10 of each query for fused candidate scores (ties: insertion order, as the store)."""
         top = np.argsort(-fused, axis=1, kind="stable")[:, :10]
         dcg = (np.take_along_axis(self.gain, top, axis=1) * self.col.disc[None, :]).sum(1)
-        return float(np.mean(np.where(self.col.idcg > 0, dcg / np.where(self.col.idcg > 0, self.col.idcg, 1), 0.0)))
+        return np.where(self.col.idcg > 0, dcg / np.where(self.col.idcg > 0, self.col.idcg, 1), 0.0)
+
+    def fast_ndcg(self, fused: np.ndarray) -> float:
+        return float(np.mean(self.per_query(fused)))
 
     def store_ndcg(self, method: str, weights: dict[str, float]) -> float:
         """nDCG@10 by ``minilm_m3_eval.ndcg10`` of the store's ranking: ``fuse`` called on each query's
@@ -266,6 +272,9 @@ def run(args) -> dict:
         singles[label] = {n: round(c.single_ndcg(matrix), 4) for n, c in cols.items()}
         singles[label]["mean"] = round(float(np.mean([singles[label][n] for n in names])), 4)
 
+    base_ms = ModeSet(("dense", "bm25"))
+    base_q = {n: Prepared(c, base_ms).per_query(Prepared(c, base_ms).fused("rrf", {"dense": 1.0, "bm25": 1.0}))
+              for n, c in cols.items()}
     choices = []
     max_check = 0.0
     for ms in all_mode_sets():
@@ -273,13 +282,16 @@ def run(args) -> dict:
         for method in args.fusions:
             settings = grid(ms, method)
             table = np.array([[prep[n].fast_ndcg(prep[n].fused(method, w)) for n in names] for w in settings])
-            folds = {}
+            folds, paired = {}, {}
             for i, held in enumerate(names):
                 train = [j for j in range(len(names)) if j != i]
                 best = int(np.argmax(table[:, train].mean(1)))  # first best in grid order on ties
                 w = settings[best]
                 folds[held] = {"weights": ordered(w), "train_mean": round(float(table[best, train].mean()), 4),
                                "heldout": round(prep[held].store_ndcg(method, w), 4)}
+                diff = prep[held].per_query(prep[held].fused(method, w)) - base_q[held]
+                paired[held] = {"diff": round(float(diff.mean()), 4),
+                                "se": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 4)}
             best_all = int(np.argmax(table.mean(1)))
             w_all = settings[best_all]
             in_sample = {n: round(prep[n].store_ndcg(method, w_all), 4) for n in names}
@@ -292,6 +304,7 @@ def run(args) -> dict:
                 "heldout": {n: folds[n]["heldout"] for n in names},
                 "heldout_mean": round(float(np.mean(held)), 4), "heldout_min": round(float(np.min(held)), 4),
                 "fold_weights": {n: folds[n]["weights"] for n in names},
+                "heldout_vs_rrf_bm25_dense_paired": paired,
                 "all_six": {"weights": ordered(w_all), "ndcg@10": in_sample,
                             "mean": round(float(np.mean(list(in_sample.values()))), 4)},
             })
@@ -309,7 +322,13 @@ def assemble(args, names, singles, choices, max_check) -> dict:
     # m3_model.json can declare a default fusion and weighted-fusion weights, not weights for RRF/DBSF: the
     # recommendation is the best choice among weighted, rrf and dbsf (equal weights); rrf-w/dbsf-w are reported
     best_any = ranked[0]
-    winner = next(c for c in ranked if c["fusion"] in SHIPPABLE)
+    shippable = [c for c in ranked if c["fusion"] in SHIPPABLE]
+    tol = float(getattr(args, "tolerance", 0.0))
+    # the rule: best worst held-out collection; with --tolerance, worst cases within tol of the best count as
+    # tied and the best held-out mean among them wins (default 0: the strict rule)
+    tied = [c for c in shippable if c["heldout_min"] >= shippable[0]["heldout_min"] - tol - 1e-12]
+    winner = max(tied, key=lambda c: (c["heldout_mean"], c["heldout_min"]))
+    near = [c for c in shippable if c["heldout_min"] >= shippable[0]["heldout_min"] - NEAR]
     baseline = find("dense+bm25", "rrf")
     for c in choices:  # worst held-out difference to the off-the-shelf hybrid (target: >= -0.01 everywhere)
         c["heldout_min_vs_rrf_bm25_dense"] = round(min(c["heldout"][n] - baseline["heldout"][n] for n in names), 4)
@@ -354,6 +373,12 @@ def assemble(args, names, singles, choices, max_check) -> dict:
         "max_abs_fast_vs_ndcg10": max_check,
         "single_modes": singles,
         "baseline_rrf_bm25_dense": {k: baseline[k] for k in ("heldout", "heldout_mean", "heldout_min", "all_six")},
+        "selection": {"rule": "best worst held-out collection among fusions m3_model.json can declare "
+                               f"({', '.join(SHIPPABLE)}); tolerance {tol}: worst cases within it count as tied, "
+                               "best held-out mean among them", "tolerance": tol},
+        "near_ties": [{k: c.get(k) for k in ("label", "fusion", "heldout_min", "heldout_mean", "heldout",
+                                             "heldout_vs_rrf_bm25_dense_paired", "all_six")}
+                      for c in sorted(near, key=lambda c: -c["heldout_mean"])],
         "best_any_fusion": {k: best_any[k] for k in ("label", "fusion", "heldout", "heldout_mean", "heldout_min", "all_six")},
         "chosen": {k: winner[k] for k in ("label", "modes", "colbert_head", "fusion", "heldout", "heldout_mean",
                                           "heldout_min", "fold_weights", "all_six")},
@@ -375,11 +400,11 @@ def write_model_json(result: dict, path: Path) -> None:
     rec = result["recommendation"]
     by_modes = rec["fusion_weights_by_modes_weighted"]
     names = ", ".join(result["collections"])
-    full = "+".join(CANONICAL)
-    meta["fusion_weights"] = by_modes[full]
+    m3 = "dense+sparse+colbert"
+    meta["fusion_weights"] = by_modes[m3]
     meta["fusion_weights_note"] = (
-        f"weighted-fusion weights of the {full} mode set, tuned on {names} (bench/loco.py, MODEL_CARD.md); "
-        "for a searched subset without its own entry in fusion_weights_by_modes, these weights restricted to it")
+        f"weighted-fusion weights of the model's own three modes ({m3}), tuned on {names} with HybridStore's "
+        "candidates (bench/loco.py, MODEL_CARD.md); every other mode set has its own entry in fusion_weights_by_modes")
     meta["fusion_weights_by_modes"] = by_modes
     meta["fusion_weights_by_modes_note"] = (
         "weighted-fusion weights (raw-score weighted mean) per searched mode set, key = modes in the order "
@@ -403,6 +428,9 @@ def main(argv=None) -> None:
     p.add_argument("--cache-dir", type=Path, default=ev.CACHE, help="token-state cache of minilm_m3_eval.py cache")
     p.add_argument("--scores-dir", type=Path, default=Path("/tmp/loco_scores"), help="where score matrices are cached (npy)")
     p.add_argument("--datasets-dir", type=Path, default=ev.DATASETS)
+    p.add_argument("--tolerance", type=float, default=0.0,
+                   help="worst held-out scores within this of the best count as tied; the best mean among them "
+                        "wins (default 0: strictly the best worst case)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--write-model-json", type=Path, default=None, metavar="M3_MODEL_JSON",
                    help="record the recommendation in this m3_model.json (the bundled one: "

@@ -335,6 +335,12 @@ def loco_section(path: Path) -> str:
     fus = ["| fusion over " + chosen["label"] + f" | held-out mean | worst | weights tuned on all {len(names)} |", "|---|---:|---:|---|"]
     for c in sorted(same_set, key=lambda c: (-c["heldout_min"], -c["heldout_mean"])):
         fus.append(f"| {c['fusion']} | {c['heldout_mean']:.3f} | {c['heldout_min']:.3f} | {_w(c['all_six']['weights'])} |")
+    near = ["| near tie | fusion | worst | mean | " + " | ".join(names) + " |", "|---|---|---:|---:|" + "---:|" * len(names)]
+    for c in d.get("near_ties", []):
+        pr = c["heldout_vs_rrf_bm25_dense_paired"]
+        near.append(f"| {c['label']} | {c['fusion']} | {c['heldout_min']:.3f} | {c['heldout_mean']:.3f} | "
+                    + " | ".join(f"{pr[n]['diff']:+.3f} ± {pr[n]['se']:.3f}" for n in names) + " |")
+    sel = d.get("selection", {})
     t = d["targets"]
     t1, t2, t3 = (t["default_vs_rrf_bm25_dense_every_collection"], t["m3_modes_vs_max_bm25_dense"], t["colbert_vs_zero_shot"])
     worst1 = min(t1["margin"], key=t1["margin"].get)
@@ -369,7 +375,13 @@ Every fusion over the recommended mode set:
 
 {chr(10).join(fus)}
 
-**Defaults shipped in `m3_model.json`.**
+Choices that are within 0.005 of the best worst case (fusions `m3_model.json` can declare). The
+columns per collection give the held-out difference to RRF(BM25, dense), with the standard error of the
+per-query differences:
+
+{chr(10).join(near)}
+
+**Defaults shipped in `m3_model.json`.** Selection rule: {sel.get("rule", "best worst held-out collection")}.
 
 - `default_modes`: {" + ".join(rec["default_modes"])}, `default_fusion`: `{rec["default_fusion"]}`,
   ColBERT head: {rec["colbert_head"]}.
@@ -379,6 +391,7 @@ Every fusion over the recommended mode set:
   set:
 {by_modes}
 
+{loco_reading(d)}
 **Targets on the shared collections.**
 
 | target | measured | |
@@ -387,6 +400,35 @@ Every fusion over the recommended mode set:
 | dense+sparse+colbert (weighted, recommended weights) >= max(BM25, dense) + 0.02 | {t2["m3_mean"]:.3f} (held-out {t2["m3_heldout_mean"]:.3f}) vs {t2["max_bm25_dense_mean"]:.3f} + 0.02 | {yes(t2["met"])} (held-out: {yes(t2["met_heldout"])}) |
 | ColBERT alone >= zero-shot MaxSim | {t3["colbert"]["mean"]:.3f} vs {t3["zero_shot"]["mean"]:.3f} | {yes(t3["met"])} |
 """
+
+
+def loco_reading(d: dict) -> str:
+    """What the LOCO result means for the shipped defaults (which head, and how close the alternatives are)."""
+    names, chosen, base = d["collections"], d["chosen"], d["baseline_rrf_bm25_dense"]
+    out = []
+    others = [c for c in d.get("near_ties", []) if (c["label"], c["fusion"]) != (chosen["label"], chosen["fusion"])]
+    if chosen["label"] == "dense+bm25" and chosen["fusion"] == "rrf":
+        out.append("- **The rule picks the off-the-shelf hybrid itself.** No choice that uses the model's own sparse or "
+                   "ColBERT head has a better worst held-out collection than RRF(BM25, dense), so by default the "
+                   "model's heads are not searched.")
+    if others:
+        alt = others[0]  # the best near tie by held-out mean
+        pr = alt["heldout_vs_rrf_bm25_dense_paired"]
+        worst = min(names, key=lambda n: pr[n]["diff"])
+        out.append(f"- **Closest alternative.** {alt['label']} with `{alt['fusion']}` scores {alt['heldout_mean']:.3f} "
+                   f"held-out on average ({alt['heldout_mean'] - base['heldout_mean']:+.3f} over RRF(BM25, dense)), but "
+                   f"its worst collection, {worst}, is {pr[worst]['diff']:+.3f} ± {pr[worst]['se']:.3f} against it. "
+                   f"That loss is within one or two standard errors, while the gains elsewhere are up to "
+                   f"{max(pr[n]['diff'] for n in names):+.3f}. `python bench/loco.py --tolerance 0.005` treats worst "
+                   f"cases that close as tied and picks the best mean among them.")
+    sm = d["single_modes"]
+    zs = sm["colbert (identity head = zero-shot MaxSim)"]
+    below = [n for n in names if sm["colbert"][n] < zs[n]]
+    out.append(f"- **ColBERT head.** Alone, the trained head scores {sm['colbert']['mean']:.3f} against {zs['mean']:.3f} "
+               f"for the identity head (zero-shot MaxSim)" + (f"; it is below on {', '.join(below)}" if below else "")
+               + ". In fusion the two heads are within noise of each other (compare the `(ColBERT identity)` rows), "
+               "so the trained head stays in `colbert_linear.pt`.")
+    return "\n".join(out) + "\n"
 
 
 def replace_section(card: Path, heading: str, body: str) -> None:
