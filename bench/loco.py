@@ -42,8 +42,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-import minilm_m3_eval as ev  # noqa: E402
-from m3_rag.fusion import fuse  # noqa: E402
+import minilm_m3_eval as ev
+
+from m3_rag.fusion import fuse
 
 #: Canonical mode order (keys of ``fusion_weights_by_modes`` join these with '+').
 CANONICAL = ("dense", "sparse", "colbert", "bm25")

@@ -345,7 +345,10 @@ def loco_section(path: Path) -> str:
     t1, t2, t3 = (t["default_vs_rrf_bm25_dense_every_collection"], t["m3_modes_vs_max_bm25_dense"], t["colbert_vs_zero_shot"])
     worst1 = min(t1["margin"], key=t1["margin"].get)
     worst1h = min(t1["margin_heldout"], key=t1["margin_heldout"].get)
-    yes = lambda ok: "met" if ok else "**not met**"  # noqa: E731
+
+    def yes(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
     by_modes = "\n".join(f"  - `{k}`: {_w(v)}" for k, v in rec["fusion_weights_by_modes_weighted"].items())
     return f"""{LOCO_HEADING}
 
