@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "m3_rag" / "models" / "minilm-m3"
 
@@ -59,9 +61,9 @@ def heldout_table(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--results", type=Path, nargs="+", required=True,
+    p.add_argument("--results", type=Path, nargs="+", default=None,
                    help="one or more results JSON files run with the same fusion weights (merged; means recomputed)")
-    p.add_argument("--stats", type=Path, required=True)
+    p.add_argument("--stats", type=Path, default=None)
     p.add_argument("--report", type=Path, default=BUNDLE / "train_report.json")
     p.add_argument("--out", type=Path, default=REPO / "MODEL_CARD.md")
     p.add_argument("--experiments", type=Path, default=REPO / "bench" / "results" / "minilm_m3_experiments.json",
@@ -69,7 +71,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ceiling", type=Path, default=REPO / "bench" / "results" / "sparse_head_ceiling.json",
                    help="JSON of bench/sparse_head_ceiling.py (optional)")
     p.add_argument("--readme-out", type=Path, default=None, help="also write a README section with the table here")
+    p.add_argument("--loco", type=Path, default=REPO / "bench" / "results" / "loco.json",
+                   help="JSON of bench/loco.py (optional): the recommended-defaults section")
+    p.add_argument("--loco-only", action="store_true",
+                   help="only replace the recommended-defaults section of the existing --out card (no other input needed)")
     args = p.parse_args(argv)
+    if args.loco_only:
+        replace_section(args.out, LOCO_HEADING, loco_section(args.loco))
+        print(f"updated {args.out}")
+        return
+    if args.results is None or args.stats is None:
+        p.error("--results and --stats are required (unless --loco-only)")
     results = merge([json.loads(f.read_text()) for f in args.results])
     stats = json.loads(args.stats.read_text())
     report = json.loads(args.report.read_text())
@@ -196,6 +208,7 @@ These are the shared collections. Scores are exact brute force over each collect
 | all three (weighted) minus dense (should be >= +0.02) | {fused - m["dense"]["mean"]:+.3f} |
 | all three (weighted) minus the better reference RRF (aim: > 0) | {fused - best_ref:+.3f} |
 
+{loco_section(args.loco)}
 ### Known limits
 
 - **Sparse head.** A BGE-M3 sparse vector keeps one weight per token id (the maximum over the
@@ -281,6 +294,164 @@ def ceiling(path: Path, m: dict) -> str:
             f"  - The dense mode must stay all-MiniLM-L6-v2, so the backbone stays frozen. A `Linear(384, 1)` "
             f"read-out of its states generalises to about {reach:.2f} on these collections, "
             f"{versus} BM25 over the same tokens ({same_tok:.3f}). Details: `bench/results/sparse_head_ceiling.json`.\n")
+
+
+LOCO_HEADING = "## Recommended defaults (leave-one-collection-out, `bench/loco.py`)"
+
+
+def _w(weights: dict) -> str:
+    return ", ".join(f"{m} {v:g}" for m, v in weights.items())
+
+
+def loco_section(path: Path) -> str:
+    """Markdown of ``bench/loco.py``'s results: how the defaults were chosen, the held-out table, the targets."""
+    if not path.exists():
+        return ""
+    d = json.loads(path.read_text())
+    names = d["collections"]
+    cols = names + ["mean", "worst"]
+    head = ["| choice | fusion | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
+
+    def row(label: str, fusion: str, vals: dict, bold: bool = False) -> str:
+        cells = [f"{vals[n]:.3f}" for n in names] + [f"{np.mean([vals[n] for n in names]):.3f}",
+                                                       f"{min(vals[n] for n in names):.3f}"]
+        if bold:
+            label, cells = f"**{label}**", [f"**{c}**" for c in cells]
+        return f"| {label} | {fusion} | " + " | ".join(cells) + " |"
+
+    chosen, rec, base = d["chosen"], d["recommendation"], d["baseline_rrf_bm25_dense"]
+    best_per_set: dict[str, dict] = {}
+    for c in d["choices"]:  # the best fusion of each mode set, by worst held-out collection
+        cur = best_per_set.get(c["label"])
+        if cur is None or (c["heldout_min"], c["heldout_mean"]) > (cur["heldout_min"], cur["heldout_mean"]):
+            best_per_set[c["label"]] = c
+    lines = list(head)
+    for c in sorted(best_per_set.values(), key=lambda c: (-c["heldout_min"], -c["heldout_mean"])):
+        lines.append(row(c["label"], c["fusion"], c["heldout"], bold=(c["label"] == chosen["label"] and c["fusion"] == chosen["fusion"])))
+    singles = ["| mode alone | " + " | ".join(names + ["mean"]) + " |", "|---|" + "---:|" * (len(names) + 1)]
+    for label, vals in d["single_modes"].items():
+        singles.append(f"| {label} | " + " | ".join(f"{vals[n]:.3f}" for n in names + ["mean"]) + " |")
+    same_set = [c for c in d["choices"] if c["label"] == chosen["label"]]
+    fus = ["| fusion over " + chosen["label"] + f" | held-out mean | worst | weights tuned on all {len(names)} |", "|---|---:|---:|---|"]
+    for c in sorted(same_set, key=lambda c: (-c["heldout_min"], -c["heldout_mean"])):
+        fus.append(f"| {c['fusion']} | {c['heldout_mean']:.3f} | {c['heldout_min']:.3f} | {_w(c['all_six']['weights'])} |")
+    near = ["| near tie | fusion | worst | mean | " + " | ".join(names) + " |", "|---|---|---:|---:|" + "---:|" * len(names)]
+    for c in d.get("near_ties", []):
+        pr = c["heldout_vs_rrf_bm25_dense_paired"]
+        near.append(f"| {c['label']} | {c['fusion']} | {c['heldout_min']:.3f} | {c['heldout_mean']:.3f} | "
+                    + " | ".join(f"{pr[n]['diff']:+.3f} ± {pr[n]['se']:.3f}" for n in names) + " |")
+    sel = d.get("selection", {})
+    t = d["targets"]
+    t1, t2, t3 = (t["default_vs_rrf_bm25_dense_every_collection"], t["m3_modes_vs_max_bm25_dense"], t["colbert_vs_zero_shot"])
+    worst1 = min(t1["margin"], key=t1["margin"].get)
+    worst1h = min(t1["margin_heldout"], key=t1["margin_heldout"].get)
+
+    def yes(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    by_modes = "\n".join(f"  - `{k}`: {_w(v)}" for k, v in rec["fusion_weights_by_modes_weighted"].items())
+    return f"""{LOCO_HEADING}
+
+The recommended modes, fusion and weights were chosen by leave-one-collection-out over the {len(names)} shared
+collections ({", ".join(names)}); nothing else was tuned on.
+
+- **Choices.** A choice is a mode set, a subset of dense, sparse, ColBERT and `bm25` (bm25s with the
+  PyStemmer English stemmer, as the BM25 row above). ColBERT is either the trained head or the identity head
+  (zero-shot MaxSim). It comes with one fusion of `m3_rag.fusion`: `weighted` (raw scores, a grid of weights
+  with dense 1), `rrf` (k = {60}, equal weights), `rrf-w` (RRF with a grid of weights), `dbsf` (equal weights)
+  or `dbsf-w` (DBSF with a grid of weights). There are {len(d["choices"])} choices in all.
+- **Candidates as `HybridStore` makes them.** Each searched first-stage mode (dense, sparse, bm25; ColBERT
+  only rescores) gives its top 100, and the union is scored exactly in every searched mode, then fused.
+- **Held-out scores.** For each choice and each collection, the weights are tuned on the other five (best
+  mean nDCG@10), and the collection itself is then scored. The recommended choice is the one whose worst
+  held-out collection is best.
+
+Best fusion per mode set, held-out nDCG@10 (the recommended choice in bold):
+
+{chr(10).join(lines)}
+
+Modes alone (exact scores over each collection; no free parameter):
+
+{chr(10).join(singles)}
+
+Every fusion over the recommended mode set:
+
+{chr(10).join(fus)}
+
+Choices that are within 0.005 of the best worst case (fusions `m3_model.json` can declare). The
+columns per collection give the held-out difference to RRF(BM25, dense), with the standard error of the
+per-query differences:
+
+{chr(10).join(near)}
+
+**Defaults shipped in `m3_model.json`.** Selection rule: {sel.get("rule", "best worst held-out collection")}.
+
+- `default_modes`: {" + ".join(rec["default_modes"])}, `default_fusion`: `{rec["default_fusion"]}`,
+  ColBERT head: {rec["colbert_head"]}.
+- Held-out nDCG@10 is {chosen["heldout_mean"]:.3f} on average and {chosen["heldout_min"]:.3f} at worst. The
+  off-the-shelf RRF(BM25, dense), measured in the same run, gives {base["heldout_mean"]:.3f} and {base["heldout_min"]:.3f}.
+- `fusion_weights_by_modes` holds weights for `weighted` fusion, tuned on all {len(names)} collections, for each mode
+  set:
+{by_modes}
+
+{loco_reading(d)}
+**Targets on the shared collections.**
+
+| target | measured | |
+|---|---|---|
+| default >= RRF(BM25, dense) - 0.01 on every collection | worst margin {t1["margin"][worst1]:+.3f} ({worst1}), held-out {t1["margin_heldout"][worst1h]:+.3f} ({worst1h}) | {yes(t1["met"])} (held-out: {yes(t1["met_heldout"])}) |
+| dense+sparse+colbert (weighted, recommended weights) >= max(BM25, dense) + 0.02 | {t2["m3_mean"]:.3f} (held-out {t2["m3_heldout_mean"]:.3f}) vs {t2["max_bm25_dense_mean"]:.3f} + 0.02 | {yes(t2["met"])} (held-out: {yes(t2["met_heldout"])}) |
+| ColBERT alone >= zero-shot MaxSim | {t3["colbert"]["mean"]:.3f} vs {t3["zero_shot"]["mean"]:.3f} | {yes(t3["met"])} |
+"""
+
+
+def loco_reading(d: dict) -> str:
+    """What the LOCO result means for the shipped defaults (which head, and how close the alternatives are)."""
+    names, chosen, base = d["collections"], d["chosen"], d["baseline_rrf_bm25_dense"]
+    out = []
+    others = [c for c in d.get("near_ties", []) if (c["label"], c["fusion"]) != (chosen["label"], chosen["fusion"])]
+    if chosen["label"] == "dense+bm25" and chosen["fusion"] == "rrf":
+        out.append("- **The rule picks the off-the-shelf hybrid itself.** No choice that uses the model's own sparse or "
+                   "ColBERT head has a better worst held-out collection than RRF(BM25, dense), so by default the "
+                   "model's heads are not searched.")
+    if others:
+        alt = others[0]  # the best near tie by held-out mean
+        pr = alt["heldout_vs_rrf_bm25_dense_paired"]
+        worst = min(names, key=lambda n: pr[n]["diff"])
+        out.append(f"- **Closest alternative.** {alt['label']} with `{alt['fusion']}` scores {alt['heldout_mean']:.3f} "
+                   f"held-out on average ({alt['heldout_mean'] - base['heldout_mean']:+.3f} over RRF(BM25, dense)), but "
+                   f"its worst collection, {worst}, is {pr[worst]['diff']:+.3f} ± {pr[worst]['se']:.3f} against it. "
+                   f"That loss is within one or two standard errors, while the gains elsewhere are up to "
+                   f"{max(pr[n]['diff'] for n in names):+.3f}. `python bench/loco.py --tolerance 0.005` treats worst "
+                   f"cases that close as tied and picks the best mean among them.")
+    sm = d["single_modes"]
+    zs = sm["colbert (identity head = zero-shot MaxSim)"]
+    below = [n for n in names if sm["colbert"][n] < zs[n]]
+    out.append(f"- **ColBERT head.** Alone, the trained head scores {sm['colbert']['mean']:.3f} against {zs['mean']:.3f} "
+               f"for the identity head (zero-shot MaxSim)" + (f"; it is below on {', '.join(below)}" if below else "")
+               + ". In fusion the two heads are within noise of each other (compare the `(ColBERT identity)` rows), "
+               "so the trained head stays in `colbert_linear.pt`.")
+    return "\n".join(out) + "\n"
+
+
+def replace_section(card: Path, heading: str, body: str) -> None:
+    """Replace the section starting at ``heading`` (up to the next heading of the same or a higher level) in
+    ``card`` with ``body``; without that section, insert ``body`` before ``### Known limits``."""
+    text = card.read_text()
+    level = heading.split(" ")[0]
+    if heading in text:
+        start = text.index(heading)
+        rest = text[start + len(heading):]
+        ends = [i for i in (rest.find("\n## "), rest.find("\n### Known limits")) if i >= 0]
+        end = start + len(heading) + (min(ends) + 1 if ends else len(rest))
+        text = text[:start] + body.rstrip("\n") + "\n\n" + text[end:]
+    elif "### Known limits" in text:
+        i = text.index("### Known limits")
+        text = text[:i] + body.rstrip("\n") + "\n\n" + text[i:]
+    else:
+        raise SystemExit(f"{card}: no {heading!r} section and no '### Known limits' to insert it before")
+    assert level
+    card.write_text(text)
 
 
 def post_training(report: dict) -> str:

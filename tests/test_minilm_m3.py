@@ -120,7 +120,9 @@ def test_bundled_model_declares_fusion_weights_and_eval_uses_them(monkeypatch):
     from m3_rag import eval as m3_eval
 
     enc = M3Encoder.from_pretrained("minilm-m3", device="cpu")
-    assert enc.fusion_weights == {"dense": 1.0, "sparse": 0.3, "colbert": 5.0}
+    meta = json.loads((BUNDLE / "m3_model.json").read_text())
+    assert enc.fusion_weights == meta["fusion_weights"]
+    assert set(enc.fusion_weights) >= {"dense", "sparse"}
     seen = []
 
     class FakeStore:
@@ -132,8 +134,30 @@ def test_bundled_model_declares_fusion_weights_and_eval_uses_them(monkeypatch):
                          candidates=100, weights=enc.fusion_weights)
     m3_eval._search_runs(FakeStore(), enc.encode_queries(["q"]), ["1"], ("dense", "sparse"), "rrf",
                          candidates=100, weights=enc.fusion_weights)
-    assert seen[0]["weights"] == {"dense": 1.0, "sparse": 0.3}
+    assert seen[0]["weights"] == {m: meta["fusion_weights"][m] for m in ("dense", "sparse")}
     assert "weights" not in seen[1]
+
+
+def test_recommended_defaults_are_the_loco_result():
+    """m3_model.json's default modes, fusion and per-mode-set weights are what bench/loco.py chose and recorded
+    in bench/results/loco.json, in the schema the encoder reads (keys: modes in canonical order joined by '+')."""
+    from m3_rag.fusion import FUSIONS
+
+    meta = json.loads((BUNDLE / "m3_model.json").read_text())
+    loco = json.loads((Path(__file__).resolve().parents[1] / "bench" / "results" / "loco.json").read_text())
+    rec = loco["recommendation"]
+    canonical = ("dense", "sparse", "colbert", "bm25")
+    assert meta["default_modes"] == rec["default_modes"]
+    assert meta["default_fusion"] == rec["default_fusion"] and meta["default_fusion"] in FUSIONS
+    assert list(meta["default_modes"]) == [m for m in canonical if m in meta["default_modes"]]
+    assert meta["fusion_weights_by_modes"] == rec["fusion_weights_by_modes_weighted"]
+    for key, weights in meta["fusion_weights_by_modes"].items():
+        modes = key.split("+")
+        assert modes == [m for m in canonical if m in modes] and len(modes) >= 2, key
+        assert list(weights) == modes and all(w > 0 for w in weights.values()), key
+    assert meta["fusion_weights"] == meta["fusion_weights_by_modes"]["dense+sparse+colbert"]
+    assert "+".join(meta["default_modes"]) in meta["fusion_weights_by_modes"]
+    assert loco["collections"] == ["med", "cranfield", "cisi", "cacm", "npl", "lisa"]
 
 
 def test_bench_sparse_path_applies_the_encoders_sparse_rule(minilm_m3: M3Encoder, tmp_path: Path):
