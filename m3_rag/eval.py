@@ -880,7 +880,8 @@ def evaluate(
 
 def format_table(report: EvalReport) -> str:
     """A fixed-width text table of the report, with the query counts and the sweep, for terminals."""
-    head = f"{'modes':<22} {'fusion':<9} {'nDCG@10':>8} {'R@100':>8} {'MRR@10':>8}"
+    w = max([22] + [len(r.label) for r in report.rows])  # "dense+sparse+colbert+bm25" is 25 wide
+    head = f"{'modes':<{w}} {'fusion':<9} {'nDCG@10':>8} {'R@100':>8} {'MRR@10':>8}"
     lines = [
         f"{report.dataset} ({report.split}): {report.n_docs} docs, {report.n_queries} judged queries"
         f" ({len(report.skipped_queries)} without qrels skipped); model {report.model}"
@@ -890,7 +891,7 @@ def format_table(report: EvalReport) -> str:
     ]
     for r in report.rows:
         lines.append(
-            f"{r.label:<22} {r.fusion or '-':<9} {r.metrics['ndcg@10']:>8.4f} {r.metrics['recall@100']:>8.4f}"
+            f"{r.label:<{w}} {r.fusion or '-':<9} {r.metrics['ndcg@10']:>8.4f} {r.metrics['recall@100']:>8.4f}"
             f" {r.metrics['mrr@10']:>8.4f}"
         )
     s = report.sweep

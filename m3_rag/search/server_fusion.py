@@ -17,7 +17,7 @@ import numpy as np
 
 from ..types import Hit, M3Output
 from .options import SearchOptions
-from .pipeline import SearchBackend, _explain
+from .pipeline import SearchBackend, _explain, _explain_bm25
 
 __all__ = ["FusionPlan", "wants_server_fusion", "plan", "hits_from_fused"]
 
@@ -72,4 +72,6 @@ def hits_from_fused(backend: SearchBackend, q: M3Output, opts: SearchOptions, po
     hits = backend.hits(cands, np.asarray([p.score for p in ranked], dtype=np.float64), per_mode)
     if opts.explain and "sparse" in opts.modes:
         _explain(backend, q.sparse[0], cands, hits)  # type: ignore[index]
+    if opts.explain and "bm25" in opts.modes:
+        _explain_bm25(backend, q.text[0], cands, hits)  # type: ignore[index]
     return hits
