@@ -225,27 +225,63 @@ def reset_peak():
         return False
 
 ckpt, mode, value, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+length = int(sys.argv[5]) if len(sys.argv) > 5 else 8192
 texts = ["word " * 9000] * n
+if mode.endswith("_noarena"):  # probe: ONNX Runtime without its CPU memory arena (not an M3Encoder option)
+    import onnxruntime as ort
+    class _Opts(ort.SessionOptions):
+        def __init__(self):
+            super().__init__()
+            self.enable_cpu_mem_arena = False
+    ort.SessionOptions = _Opts
+    mode = mode[: -len("_noarena")]
 if mode.startswith("m3"):
     from m3_rag import M3Encoder
     enc = M3Encoder.from_pretrained(ckpt, device="cpu", quantize="int8" if mode.endswith("int8") else None,
                                     backend="onnx" if "onnx" in mode else "torch")
     enc.encode(texts[:1], max_length=64)
     before, was_reset = status("VmRSS"), reset_peak()
-    out = enc.encode(texts, max_length=8192, max_tokens_per_batch=value, batch_size=256, show_progress=False)
+    out = enc.encode(texts, max_length=length, max_tokens_per_batch=value, batch_size=256, show_progress=False)
     rows = out.colbert[0].shape[0]
+    after = status("VmRSS")
 else:
     from FlagEmbedding import BGEM3FlagModel
     m = BGEM3FlagModel(ckpt, use_fp16=False, devices="cpu", colbert_dim=24)
     kw = dict(return_dense=True, return_sparse=True, return_colbert_vecs=True)
     m.encode(texts[:1], max_length=64, batch_size=1, **kw)
     before, was_reset = status("VmRSS"), reset_peak()
-    out = m.encode(texts, max_length=8192, batch_size=value, **kw)
+    out = m.encode(texts, max_length=length, batch_size=value, **kw)
     rows = out["colbert_vecs"][0].shape[0]
+    after = status("VmRSS")
 peak = status("VmHWM")
 print(json.dumps({{"rss_before_encode_mb": before, "peak_rss_mb": peak, "peak_minus_before_mb": round(peak - before, 1),
-                  "peak_reset_before_encode": was_reset, "colbert_rows": rows}}))
+                  "rss_after_encode_mb": after, "peak_reset_before_encode": was_reset, "colbert_rows": rows}}))
 """
+
+
+def bench_memory_lengths(tmp: Path, lengths: list[int]) -> dict:
+    """Peak RSS growth of one text of each length (in ``lengths``) through torch fp32, torch int8 and ONNX
+    (fp32 and int8, with ONNX Runtime's CPU arena as M3Encoder opens it, and with the arena off): shows how
+    attention memory scales with length on each path. Same 8194-position, hidden-32, 2-head model."""
+    from tiny_checkpoint import make_tiny_xlmr
+
+    ckpt = make_tiny_xlmr(tmp / "xlmr8k", max_position=8194, hidden=32, layers=2, heads=2)
+    script = tmp / "memory_child.py"
+    script.write_text(_MEMORY_CHILD.format(tests=str(ROOT / "tests"), root=str(ROOT)))
+    res: dict[str, Any] = {"model": "XLM-R, 8194 positions, hidden 32, 2 layers, 2 heads", "n_texts": 1}
+    for mode in ("m3", "m3int8", "m3onnx", "m3onnx_int8", "m3onnx_noarena", "m3onnx_int8_noarena"):
+        for length in lengths:
+            proc = subprocess.run(
+                [sys.executable, str(script), str(ckpt), mode, "8192", "1", str(length)],
+                capture_output=True, text=True, timeout=900,
+            )
+            key = f"{mode} {length}"
+            if proc.returncode != 0:
+                res[key] = {"error": proc.stderr.strip().splitlines()[-1:]}
+            else:
+                res[key] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"[memory] {key}: {res[key]}", file=sys.stderr, flush=True)
+    return res
 
 
 def bench_memory(tmp: Path, n_texts: int, with_flag: bool) -> dict:
@@ -304,7 +340,7 @@ if config.startswith("flag_b"):
     b = int(config[len("flag_b"):])
     kw = dict(return_dense=True, return_sparse=True, return_colbert_vecs=True, max_length=max_length, batch_size=b)
     run = lambda: m.encode(texts, **kw)
-    warm = lambda: m.encode(texts[:4], **{{**kw, "batch_size": 4}})
+    warm = lambda: m.encode(texts[:2], **{{**kw, "batch_size": 2}})
 else:
     from m3_rag import M3Encoder
     quantize = "int8" if config.endswith("int8") else None
@@ -312,17 +348,17 @@ else:
     enc = M3Encoder.from_pretrained(ckpt, device="cpu", quantize=quantize, backend=backend, num_threads=threads,
                                     onnx_cache_dir=cache)
     run = lambda: enc.encode(texts, max_length=max_length, show_progress_bar=False)
-    warm = lambda: enc.encode(texts[:4], max_length=max_length, show_progress_bar=False)
+    warm = lambda: enc.encode(texts[:2], max_length=max_length, show_progress_bar=False)
 load_s = time.perf_counter() - t0
-warm()
 times, cpu = [], []
-for _ in range(repeats):
-    c0, w0 = time.process_time(), time.perf_counter()
-    run()
-    times.append(time.perf_counter() - w0); cpu.append(time.process_time() - c0)
+if repeats > 0:  # repeats == 0: only load (e.g. to build the ONNX export cache before the timed rounds)
+    warm()
+    for _ in range(repeats):
+        c0, w0 = time.process_time(), time.perf_counter()
+        run()
+        times.append(time.perf_counter() - w0); cpu.append(time.process_time() - c0)
 print(json.dumps({{"load_s": round(load_s, 2), "all_s": [round(t, 3) for t in times],
-                  "median_s": round(statistics.median(times), 3), "median_cpu_s": round(statistics.median(cpu), 3),
-                  "peak_rss_mb": vm_hwm_mb()}}))
+                  "all_cpu_s": [round(t, 3) for t in cpu], "peak_rss_mb": vm_hwm_mb()}}))
 """
 
 FAST_CONFIGS = ("fp32", "int8", "onnx_fp32", "onnx_int8")
@@ -355,18 +391,84 @@ def make_bge_m3_size(out: Path, vocab: int = 32000) -> Path:
     return out
 
 
+def summarise_fast(raw: dict[str, list[dict]], export: dict[str, Any], n_texts: int, n_tokens: int) -> dict:
+    """Medians over every timed encode of each contender (``raw``: the child rows of every round) and the
+    same-run ratios, by process CPU time (``*_cpu``) and by wall time (``*_wall``)."""
+    runs_out: dict[str, Any] = {}
+    res: dict[str, Any] = {"runs": runs_out}
+    for config, rows in raw.items():
+        errors = [row["error"] for row in rows if "error" in row]
+        if errors:
+            runs_out[config] = {"error": errors[0]}
+            continue
+        wall = [t for row in rows for t in row["all_s"]]
+        cpu = [t for row in rows for t in row["all_cpu_s"]]
+        t, c = median(wall), median(cpu)
+        runs_out[config] = {
+            "median_s": round(t, 3),
+            "median_cpu_s": round(c, 3),
+            "all_s": wall,
+            "all_cpu_s": cpu,
+            "texts_per_s": round(n_texts / t, 2),
+            "tokens_per_s": round(n_tokens / t, 1),
+            "texts_per_cpu_s": round(n_texts / c, 2),
+            "tokens_per_cpu_s": round(n_tokens / c, 1),
+            "load_s": [row["load_s"] for row in rows],
+            "peak_rss_mb": max(row["peak_rss_mb"] for row in rows),
+            **export.get(config, {}),
+        }
+    runs = {k: v for k, v in runs_out.items() if "error" not in v}
+    if "fp32" in runs:
+        for key, suffix in (("texts_per_cpu_s", "_cpu"), ("texts_per_s", "_wall")):
+            ours = {k: runs[k][key] for k in FAST_CONFIGS if k in runs}
+            fastest = max(ours, key=ours.get)
+            res["fastest" + suffix] = fastest
+            res["fastest_vs_fp32" + suffix] = round(ours[fastest] / runs["fp32"][key], 3)
+            for k in ours:
+                res[f"{k}_vs_fp32{suffix}"] = round(ours[k] / runs["fp32"][key], 3)
+            flags = {k: v[key] for k, v in runs.items() if k.startswith("flag_b")}
+            if flags:
+                best = max(flags, key=flags.get)
+                res["flag_best" + suffix] = best
+                res["fastest_vs_flag_best" + suffix] = round(ours[fastest] / flags[best], 3)
+                res["fp32_vs_flag_best" + suffix] = round(runs["fp32"][key] / flags[best], 3)
+    return res
+
+
 def bench_fast_paths(
-    tmp: Path, texts: list[str], models: dict[str, tuple[Path, int, int]], repeats: int, threads: int, flag_python: str | None
+    tmp: Path,
+    texts: list[str],
+    models: dict[str, tuple[Path, int, int]],
+    repeats: int,
+    threads: int,
+    flag_python: str | None,
+    rounds: int = 1,
+    on_model: Callable[[str, dict], None] | None = None,
 ) -> dict:
-    """Each numeric path (and FlagEmbedding at batch 16/32/64) in its own child process: median wall time
-    of ``repeats`` encodes of ``texts`` (after a warm-up), and the child's peak RSS (``VmHWM``; for ONNX it
-    includes the export when the cache is cold)."""
+    """Each numeric path (and FlagEmbedding at batch 16/32/64) in its own child process, ``rounds`` times in
+    a shuffled order per round (the machine is shared and noisy), ``repeats`` timed encodes of ``texts``
+    per child after a warm-up. Figures are medians over all timed encodes of a contender: wall time
+    (``texts_per_s``) and process CPU time (``texts_per_cpu_s``; all threads of the child, so with one
+    thread it measures the work done, not the waiting for a core). ``peak_rss_mb`` is the child's
+    ``VmHWM`` (largest over rounds); the ONNX exports are built in a separate child first, whose peak is
+    ``export_peak_rss_mb``, so the timed ONNX children open a warm cache."""
     from m3_rag import M3Encoder
 
     script = tmp / "fast_child.py"
     script.write_text(_FAST_CHILD.format(tests=str(ROOT / "tests"), root=str(ROOT)))
     cache = tmp / "onnx_cache"
     out: dict[str, Any] = {}
+    rng = random.Random(0)
+
+    def child(python: str, ckpt: Path, config: str, tf: Path, max_length: int, reps: int) -> dict:
+        proc = subprocess.run(
+            [python, str(script), str(ckpt), config, str(tf), str(max_length), str(reps), str(threads), str(cache)],
+            capture_output=True, text=True, timeout=3600,
+        )
+        if proc.returncode != 0:
+            return {"error": proc.stderr.strip().splitlines()[-3:]}
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
     for label, (ckpt, n_texts, max_length) in models.items():
         sub = texts[:n_texts]
         tf = tmp / f"texts_{label}.json"
@@ -374,33 +476,28 @@ def bench_fast_paths(
         n_tokens = sum(len(x) for x in M3Encoder.from_pretrained(ckpt, device="cpu").tokenize(sub, max_length))
         configs = [(c, sys.executable) for c in FAST_CONFIGS]
         if flag_python:
-            configs += [(f"flag_b{b}", flag_python) for b in (16, 32, 64)]
-        res: dict[str, Any] = {"n_texts": len(sub), "n_tokens": n_tokens, "max_length": max_length, "runs": {}}
-        for config, python in configs:
-            proc = subprocess.run(
-                [python, str(script), str(ckpt), config, str(tf), str(max_length), str(repeats), str(threads), str(cache)],
-                capture_output=True, text=True, timeout=1800,
-            )
-            if proc.returncode != 0:
-                res["runs"][config] = {"error": proc.stderr.strip().splitlines()[-3:]}
-                continue
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
-            row["texts_per_s"] = round(len(sub) / row["median_s"], 2)
-            row["tokens_per_s"] = round(n_tokens / row["median_s"], 1)
-            res["runs"][config] = row
-            print(f"[fast] {label} {config}: {row}", file=sys.stderr, flush=True)
-        runs = {k: v for k, v in res["runs"].items() if "error" not in v}
-        if "fp32" in runs:
-            ours = {k: runs[k]["texts_per_s"] for k in FAST_CONFIGS if k in runs}
-            fastest = max(ours, key=ours.get)
-            res["fastest"] = fastest
-            res["fastest_vs_fp32"] = round(ours[fastest] / runs["fp32"]["texts_per_s"], 3)
-            flags = {k: v["texts_per_s"] for k, v in runs.items() if k.startswith("flag_b")}
-            if flags:
-                best = max(flags, key=flags.get)
-                res["flag_best"] = best
-                res["fastest_vs_flag_best"] = round(ours[fastest] / flags[best], 3)
-                res["fp32_vs_flag_best"] = round(runs["fp32"]["texts_per_s"] / flags[best], 3)
+            # batch sizes >= the number of texts all run the same single batch: keep the smallest of them
+            sizes = [b for b in (16, 32, 64) if b < len(sub)] + [b for b in (16, 32, 64) if b >= len(sub)][:1]
+            configs += [(f"flag_b{b}", flag_python) for b in sizes]
+        res: dict[str, Any] = {"n_texts": len(sub), "n_tokens": n_tokens, "max_length": max_length, "rounds": rounds,
+                               "repeats_per_round": repeats, "runs": {}}
+        export: dict[str, Any] = {}
+        for config in ("onnx_fp32", "onnx_int8"):  # build the export cache outside the timed children
+            row = child(sys.executable, ckpt, config, tf, max_length, 0)
+            export[config] = row if "error" in row else {"export_s": row["load_s"], "export_peak_rss_mb": row["peak_rss_mb"]}
+            print(f"[fast] {label} export {config}: {export[config]}", file=sys.stderr, flush=True)
+        raw: dict[str, list[dict]] = {c: [] for c, _ in configs}
+        for r in range(rounds):
+            order = list(configs)
+            rng.shuffle(order)
+            for config, python in order:
+                row = child(python, ckpt, config, tf, max_length, repeats)
+                raw[config].append(row)
+                print(f"[fast] {label} round {r} {config}: {row}", file=sys.stderr, flush=True)
+        res.update(summarise_fast(raw, export, len(sub), n_tokens))
+        print(f"[fast] {label} summary: {json.dumps(res)}", file=sys.stderr, flush=True)
+        if on_model is not None:
+            on_model(label, res)
         out[label] = res
     return out
 
@@ -434,18 +531,28 @@ def main_fast(args: argparse.Namespace) -> dict:
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        models = {
-            "tiny": (make_tiny_bert(tmp / "tiny"), args.n_texts, 128),
-            "minilm_size": (
+        wanted = set(args.models)
+        models: dict[str, tuple[Path, int, int]] = {}
+        if "tiny" in wanted:
+            models["tiny"] = (make_tiny_bert(tmp / "tiny"), args.n_texts, 128)
+        if "minilm_size" in wanted:
+            models["minilm_size"] = (
                 make_tiny_bert(tmp / "minilm_size", hidden=384, layers=6, heads=12, intermediate=1536, max_position=512,
                                colbert_dim=None),
                 args.n_texts,
                 512,
-            ),
-        }
-        if args.bge_texts > 0:
+            )
+        if "bge_m3_size" in wanted and args.bge_texts > 0:
             models["bge_m3_size"] = (make_bge_m3_size(tmp / "bge_m3_size"), args.bge_texts, 512)
-        report["fast_paths"] = bench_fast_paths(tmp, texts, models, args.repeats, args.threads or 1, flag_python)
+        report["fast_paths"] = {}
+
+        def on_model(label: str, res: dict) -> None:  # keep what is done if a later model is interrupted
+            report["fast_paths"][label] = res
+            if args.out:
+                Path(args.out).write_text(json.dumps(report, indent=1))
+
+        bench_fast_paths(tmp, texts, models, args.repeats, args.threads or 1, flag_python, rounds=args.rounds,
+                         on_model=on_model)
     report["load_avg_end"] = list(os.getloadavg())
     report["total_seconds"] = round(time.perf_counter() - t_start, 1)
     if args.out:
@@ -467,12 +574,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--memory-texts", type=int, default=4, help="8192-token texts in the memory runs")
     parser.add_argument("--fast-paths", action="store_true", help="only the fp32/int8/ONNX comparison (child processes)")
     parser.add_argument("--bge-texts", type=int, default=32, help="texts for the BGE-M3-size model in --fast-paths (0: skip)")
+    parser.add_argument("--models", nargs="+", default=["tiny", "minilm_size", "bge_m3_size"],
+                        choices=["tiny", "minilm_size", "bge_m3_size"], help="--fast-paths: checkpoints to run")
+    parser.add_argument("--rounds", type=int, default=2, help="--fast-paths: shuffled rounds of child processes")
     parser.add_argument("--flag-python", default=None, help="python of a venv with FlagEmbedding, for --fast-paths")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--memory-only", action="store_true", help="only the 8192-token memory runs")
+    parser.add_argument("--memory-lengths", type=int, nargs="+", default=None,
+                        help="only the per-length memory runs: one text of each length, every numeric path")
     args = parser.parse_args(argv)
     if args.fast_paths:
         return main_fast(args)
+    if args.memory_lengths:
+        with tempfile.TemporaryDirectory() as tmp_name:
+            report = {"memory_by_length": bench_memory_lengths(Path(tmp_name), args.memory_lengths)}
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=1))
+        print(json.dumps(report, indent=1))
+        return report
     if args.memory_only:
         with tempfile.TemporaryDirectory() as tmp_name:
             report = {"memory": bench_memory(Path(tmp_name), args.memory_texts, not args.no_flag and flag_available())}

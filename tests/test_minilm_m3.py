@@ -188,3 +188,26 @@ def test_bench_sparse_path_applies_the_encoders_sparse_rule(minilm_m3: M3Encoder
         assert strong <= set(got)
         for t in strong:
             assert got[t] == pytest.approx(ref[t], abs=2e-3)  # the cache holds fp16 token states
+
+
+def test_bench_maxsim_all_matches_maxsim_packed_per_query():
+    """bench/minilm_m3_eval.py scores every query in one GEMM per document block; the scores must be
+    maxsim_packed's, query by query (including an empty document, which scores 0, and tiny chunks)."""
+    import importlib.util
+
+    from m3_rag.scoring import maxsim_packed
+
+    spec = importlib.util.spec_from_file_location("minilm_m3_eval", Path(__file__).parents[1] / "bench" / "minilm_m3_eval.py")
+    ev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev)
+    rng = np.random.default_rng(0)
+    lengths = [5, 0, 17, 1, 9, 30]
+    tokens = rng.standard_normal((sum(lengths), 8)).astype(np.float16)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    queries = [rng.standard_normal((m, 8)).astype(np.float32) for m in (3, 1, 7)]
+    ref = np.stack([maxsim_packed(q, tokens, offsets) for q in queries])
+    for chunk in (4096, 10, 1):
+        got = ev.maxsim_all(queries, tokens, offsets, chunk_tokens=chunk)
+        assert got.shape == (3, len(lengths))
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+        assert np.all(got[:, 1] == 0)
