@@ -250,11 +250,18 @@ def test_model_defaults_for_mode_sets():
     assert default_weights(enc, ("dense", "bm25"))["bm25"] == 0.05
     assert default_weights(enc, ("dense", "sparse"))["sparse"] == 0.3
     assert default_weights(None, ("bm25",))["bm25"] == 0.02
-    assert default_modes(enc, ("dense", "sparse", "bm25")) == ("dense", "bm25")  # restricted to the held modes
-    assert default_modes(enc, ("sparse",)) == ("dense", "sparse", "colbert")  # nothing left: the M3 modes
-    assert default_fusion(enc) == "rrf" and default_fusion(None) == "weighted"
+    # the model's recommendation applies as a whole, when the store holds all of its modes
+    assert default_modes(enc, ("dense", "sparse", "colbert", "bm25")) == ("dense", "colbert", "bm25")
+    assert default_fusion(enc, ("dense", "sparse", "colbert", "bm25")) == "rrf"
+    opts = parse_options(("dense", "sparse", "colbert", "bm25"), encoder=enc)
+    assert opts.modes == ("dense", "colbert", "bm25") and opts.fusion == "rrf"
+    # otherwise the store's own M3 modes, weighted (the recommendation without bm25 is not a tested choice)
+    assert default_modes(enc, ("dense", "sparse", "bm25")) == ("dense", "sparse", "bm25")
+    assert default_fusion(enc, ("dense", "sparse", "bm25")) == "weighted"
+    assert default_modes(enc, ("sparse",)) == ("dense", "sparse", "colbert")  # M3 modes: as before (not held: an error)
+    assert default_modes(enc, None) == ("dense", "colbert", "bm25") and default_fusion(None) == "weighted"
     opts = parse_options(("dense", "sparse", "bm25"), encoder=enc)
-    assert opts.modes == ("dense", "bm25") and opts.fusion == "rrf"
+    assert opts.modes == ("dense", "sparse", "bm25") and opts.fusion == "weighted"
     opts = parse_options(("dense", "bm25"), encoder=enc, fusion="weighted")
     assert dict(opts.weights) == {"dense": 1.0, "bm25": 0.05}
 

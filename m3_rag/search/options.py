@@ -47,24 +47,35 @@ def default_weights(encoder: Any | None, modes: Sequence[str] | None = None) -> 
     return out
 
 
-def default_modes(encoder: Any | None, held: Sequence[str] | None) -> tuple[str, ...]:
-    """The modes searched when the caller gives none: the model's ``default_modes`` (from its
-    ``m3_model.json``) restricted to the modes the store holds, else :data:`m3_rag.types.MODES` (or, for a store
-    holding none of those, such as a bm25-only store, its own modes)."""
+def _model_default_applies(encoder: Any | None, held: Sequence[str] | None) -> tuple[str, ...] | None:
     declared = getattr(encoder, "default_modes", None) if encoder is not None else None
-    if declared:
-        picked = tuple(m for m in STORE_MODES if m in declared and (not held or m in held))
-        if picked:
-            return picked
-    if held and not any(m in MODES for m in held):
-        return tuple(held)
+    if not declared:
+        return None
+    modes = tuple(m for m in STORE_MODES if m in declared)
+    return modes if (not held or all(m in held for m in modes)) else None
+
+
+def default_modes(encoder: Any | None, held: Sequence[str] | None) -> tuple[str, ...]:
+    """The modes searched when the caller gives none: the model's ``default_modes`` (from its ``m3_model.json``)
+    when the store holds every one of them (a recommendation is a whole: ``minilm-m3``'s dense+colbert+bm25 with
+    DBSF is not a good choice without bm25); otherwise, for a store holding bm25 (or no M3 mode), every mode it
+    holds, else :data:`m3_rag.types.MODES` (searching a mode the store does not hold is an error)."""
+    picked = _model_default_applies(encoder, held)
+    if picked:
+        return picked
+    if held and ("bm25" in held or not any(m in MODES for m in held)):
+        return tuple(m for m in STORE_MODES if m in held)
     return MODES
 
 
-def default_fusion(encoder: Any | None) -> str:
-    """The fusion used when the caller gives none: the model's ``default_fusion``, else ``"weighted"``."""
+def default_fusion(encoder: Any | None, held: Sequence[str] | None = None) -> str:
+    """The fusion used when the caller gives none: the model's ``default_fusion`` when its ``default_modes``
+    apply (see :func:`default_modes`), else ``"weighted"``."""
     declared = getattr(encoder, "default_fusion", None) if encoder is not None else None
-    return declared if isinstance(declared, str) and declared in FUSIONS else "weighted"
+    if (isinstance(declared, str) and declared in FUSIONS
+            and (getattr(encoder, "default_modes", None) is None or _model_default_applies(encoder, held))):
+        return declared
+    return "weighted"
 
 
 @dataclass(frozen=True)
@@ -128,7 +139,7 @@ def parse_options(
     k = check_k(k)
     mode_t = check_modes(default_modes(encoder, held) if modes is None else modes)
     if fusion is None:
-        fusion = default_fusion(encoder)
+        fusion = default_fusion(encoder, held)
     if held:
         missing = [m for m in mode_t if m not in held]
         if missing == ["bm25"]:
