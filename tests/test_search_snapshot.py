@@ -29,15 +29,21 @@ def _expected(name: str, key: str) -> list:
     return runs
 
 
+#: Score tolerance. The snapshot re-encodes the corpus with minilm-m3 on this machine; another CPU's BLAS kernels
+#: move encoder outputs by ~1e-7, which fp16 ColBERT storage can turn into ~1e-6 in a MaxSim score (seen: 1.2e-6
+#: on adi, identically at the pre-refactor commit). Ids must still match exactly.
+TOL = 1e-5
+
+
 def _compare(got: list, want: list, where: str) -> None:
     assert len(got) == len(want), where
     for qi, (g, w) in enumerate(zip(got, want)):
         assert [h[0] for h in g] == [h[0] for h in w], f"{where} query {qi}: ids differ"
         for hg, hw in zip(g, w):
-            assert hg[1] == pytest.approx(hw[1], abs=1e-6), f"{where} query {qi} {hg[0]}"
+            assert hg[1] == pytest.approx(hw[1], abs=TOL), f"{where} query {qi} {hg[0]}"
             assert hg[2].keys() == hw[2].keys()
             for m in hw[2]:
-                assert hg[2][m] == pytest.approx(hw[2][m], abs=1e-6), f"{where} query {qi} {hg[0]} {m}"
+                assert hg[2][m] == pytest.approx(hw[2][m], abs=TOL), f"{where} query {qi} {hg[0]} {m}"
 
 
 @pytest.fixture(scope="module", params=COLLECTIONS, ids=[c[0] for c in COLLECTIONS])
