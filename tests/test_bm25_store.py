@@ -16,23 +16,8 @@ from m3_rag import HybridStore, M3Output  # noqa: E402
 from m3_rag.fusion import fuse  # noqa: E402
 from m3_rag.index.bm25 import BM25Index  # noqa: E402
 from m3_rag.search.options import default_fusion, default_modes, default_weights, parse_options  # noqa: E402
+from test_bm25 import _adi, _bm25s_scores as _bm25s  # noqa: E402  (the same corpus and bm25s reference)
 from test_store import make_encoded, make_query  # noqa: E402
-
-
-def _adi(datasets_dir: Path, n: int | None = None) -> tuple[list[str], list[str]]:
-    folder = datasets_dir / "adi"
-    docs = [json.loads(l) for l in open(folder / "corpus.jsonl", encoding="utf-8")]
-    queries = [json.loads(l)["text"] for l in open(folder / "queries.jsonl", encoding="utf-8")]
-    docs = docs[:n] if n else docs
-    return [(d.get("title", "") + "\n" + d.get("text", "")).strip() for d in docs], queries
-
-
-def _bm25s(docs: list[str], queries: list[str], **kw) -> np.ndarray:
-    st = Stemmer.Stemmer("english")
-    r = bm25s.BM25(**kw)
-    r.index(bm25s.tokenize(docs, stopwords="en", stemmer=st, show_progress=False), show_progress=False)
-    qt = bm25s.tokenize(queries, stopwords="en", stemmer=st, return_ids=False, show_progress=False)
-    return np.stack([r.get_scores(q) if q else np.zeros(len(docs), np.float32) for q in qt]).astype(np.float64)
 
 
 def _check_parity(store: HybridStore, live: dict[str, str], queries: list[str]) -> None:

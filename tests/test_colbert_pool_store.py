@@ -41,6 +41,16 @@ def query() -> M3Output:
 IDS = [f"d{i}" for i in range(N)]
 
 
+def _assert_same_colbert_hits(a_store, b_store, query) -> None:
+    """ColBERT alone and the three-mode hybrid: the same ids and ColBERT scores (to 1e-5) on both stores."""
+    for modes in (("colbert",), ("dense", "sparse", "colbert")):
+        a = a_store.search_encoded(query, modes=modes, k=10)
+        b = b_store.search_encoded(query, modes=modes, k=10)
+        assert [h.id for h in a] == [h.id for h in b]
+        for x, y in zip(a, b):
+            assert x.scores["colbert"] == pytest.approx(y.scores["colbert"], abs=1e-5)
+
+
 def test_pooled_store_holds_fewer_tokens_and_scores_maxsim_of_the_means(docs, query):
     full = HybridStore(colbert_dtype="fp32", show_progress=False)
     pooled = HybridStore(colbert_storage="fp32", colbert_pool_factor=2, show_progress=False)
@@ -112,12 +122,7 @@ def test_qdrant_pools_the_same_and_migration_never_pools_twice(docs, query):
     hybrid.add_encoded(docs, ids=IDS)
     q = QdrantHybridStore(":memory:", "pooled", show_progress=False, colbert_pool_factor=2)
     q.add_encoded(docs, ids=IDS)
-    for modes in (("colbert",), ("dense", "sparse", "colbert")):
-        a = hybrid.search_encoded(query, modes=modes, k=10)
-        b = q.search_encoded(query, modes=modes, k=10)
-        assert [h.id for h in a] == [h.id for h in b]
-        for x, y in zip(a, b):
-            assert x.scores["colbert"] == pytest.approx(y.scores["colbert"], abs=1e-5)
+    _assert_same_colbert_hits(hybrid, q, query)
     _, from_q, _, _ = q.export()
     assert [m.shape[0] for m in from_q.colbert] == [m.shape[0] for m in hybrid.export()[1].colbert]
     # HybridStore -> Qdrant -> HybridStore: same token counts, same factor, same results
@@ -171,12 +176,7 @@ def test_edge_pools_the_same_persists_the_factor_and_migration_never_pools_twice
     with QdrantEdgeStore(tmp_path / "e", colbert_pool_factor=2) as e:
         e.add_encoded(docs, ids=IDS)
         assert [m.shape[0] for m in e.export()[1].colbert] == counts
-        for modes in (("colbert",), ("dense", "sparse", "colbert")):
-            a = hybrid.search_encoded(query, modes=modes, k=10)
-            b = e.search_encoded(query, modes=modes, k=10)
-            assert [h.id for h in a] == [h.id for h in b]
-            for x, y in zip(a, b):
-                assert x.scores["colbert"] == pytest.approx(y.scores["colbert"], abs=1e-5)
+        _assert_same_colbert_hits(hybrid, e, query)
     # reopened: the recorded factor applies to later adds; another factor is refused
     with pytest.raises(ValueError, match="colbert_pool_factor"):
         QdrantEdgeStore(tmp_path / "e", colbert_pool_factor=3)
