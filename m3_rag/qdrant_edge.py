@@ -44,8 +44,11 @@ import numpy as np
 from ._rwlock import RWLock
 from .search import Candidates, SearchBackend, SearchOptions, parse_options, run
 from .search.api import EncodedSearchMixin
-from .search.pipeline import exact_top
-from .types import MODES, Hit, M3Output, Record
+from .index.bm25 import BM25_DEFAULTS
+from .index.bm25_sparse import BM25_VECTOR, PAYLOAD_BM25_LEN, carry, declare, reopen
+from .search.engine_bm25 import EngineBm25
+from .search.pipeline import LEXICAL_MODES, exact_top
+from .types import MODES, STORE_MODES, Hit, M3Output, Record
 from .validation import check_ids, check_query, check_rows, check_texts
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -205,7 +208,7 @@ def _lexical(q_sparse: Mapping[int, float], svs: Sequence[Any]) -> np.ndarray:
     return out
 
 
-class EdgeBackend(SearchBackend):
+class EdgeBackend(EngineBm25, SearchBackend):
     """Candidates from an Edge shard for the shared pipeline; keys are point UUIDs, ``seq`` the payload's
     insertion number."""
 
@@ -219,6 +222,7 @@ class EdgeBackend(SearchBackend):
         self.shard = store._shard_or_raise()
         self.encoder = store.encoder
         self.params = store._search_params()
+        self.bm25_params = store._search_params(bm25=True) if "bm25" in store._modes else None
 
     # -------------------------------------------------- restriction
     def restrict(self, opts: SearchOptions) -> _Restriction | None:
@@ -265,7 +269,27 @@ class EdgeBackend(SearchBackend):
         if mode == "sparse":
             items = sorted((int(t), float(w)) for t, w in q.sparse[0].items())  # type: ignore[index]
             return self.qe.SparseVector([t for t, _ in items], [w for _, w in items])
+        if mode == "bm25":
+            return self.qe.SparseVector(*self.s._bm25.query(q.text[0]))  # type: ignore[index]
         return np.asarray(q.colbert[0], dtype=np.float32).tolist()  # type: ignore[index]
+
+    def _params(self, mode: str) -> Any:
+        return self.bm25_params if mode == "bm25" else self.params
+
+    # -------------------------------------------------- bm25 engine calls (EngineBm25)
+    def _bm25_query(self, vectors: Any, limit: int, flt: Any) -> list[list[Any]]:
+        qe = self.qe
+        reqs = [qe.QueryRequest(limit=limit, query=qe.Query.Nearest(qe.SparseVector(ids, vals), using=BM25_VECTOR),
+                                filter=flt, with_payload=True, with_vector=False, params=self.bm25_params)
+                for ids, vals in vectors]
+        return [_pts(r) for r in self.shard.query_batch(qe.QueryBatchRequest(reqs))]
+
+    def _bm25_only(self, keys: list[Any]) -> Any:
+        return self.qe.Filter(must=[self.qe.HasIdCondition(set(keys))])
+
+    def _bm25_count(self) -> int:
+        flt = self.qe.Filter(must=[self.qe.HasVectorCondition(BM25_VECTOR)])
+        return int(self.shard.count(self.qe.CountRequest(filter=flt, exact=True)))
 
     @staticmethod
     def _flt(restriction: _Restriction | None) -> Any:
@@ -294,12 +318,14 @@ class EdgeBackend(SearchBackend):
         f = qe.Filter(must=[flt] if flt is not None else None,
                       must_not=[qe.HasIdCondition(set(exclude))] if exclude else None)
         points, _ = self.shard.scroll(qe.ScrollRequest(
-            limit=n, filter=f, with_payload=True, with_vector=["sparse"],
+            limit=n, filter=f, with_payload=True, with_vector=["sparse"] if "sparse" in self.s._modes else False,
             order_by=qe.OrderBy(PAYLOAD_SEQ, direction=qe.Direction.Asc)))
         return _pts(points)
 
     # -------------------------------------------------- the pipeline interface
     def first_stage(self, mode: str, Q: M3Output, depth: int, restriction: Any, pad: bool) -> list[Candidates]:
+        if mode == "bm25":
+            return self._bm25_first_stage(Q, depth, restriction, pad)
         flt = self._flt(restriction)
         rows = [Q[i] for i in range(len(Q))]
         with_vector = [mode] if mode != "colbert" else False
@@ -333,8 +359,8 @@ class EdgeBackend(SearchBackend):
     def _stage(self, mode: str, Q: M3Output, depth: int, restriction: Any, pad: bool) -> list[Candidates]:
         """``exact_top``; a padded sparse stage takes the exact top of the matching documents first, then the
         zero-score documents in insertion order (the tie rule among zeros) without re-asking the engine."""
-        if not pad:
-            return exact_top(self, mode, Q, depth, restriction, pad=False)
+        if not pad or mode == "bm25":
+            return exact_top(self, mode, Q, depth, restriction, pad=pad)
         out = []
         for i, c in enumerate(exact_top(self, mode, Q, depth, restriction, pad=False)):
             if len(c) < depth:
@@ -351,7 +377,7 @@ class EdgeBackend(SearchBackend):
         """The union of the first stages per query (each cut by the tie rule), then one batched request that
         returns the union with payloads, dense/sparse vectors and, when ColBERT is searched, its MaxSim."""
         qe = self.qe
-        stages = {m: self._stage(m, Q, d, restriction, pad=(m == "sparse" and not opts.explicit_depths))
+        stages = {m: self._stage(m, Q, d, restriction, pad=(m in LEXICAL_MODES and not opts.explicit_depths))
                   for m, d in opts.depths.items()}
         need = [x for x in ("dense", "sparse") if x in opts.modes]
         merged: list[dict[Any, _Pt]] = []
@@ -408,6 +434,8 @@ class EdgeBackend(SearchBackend):
             return X @ np.asarray(q.dense[0], dtype=np.float32)  # type: ignore[index]
         if mode == "sparse":
             return _lexical(q.sparse[0], [pts[k].vector.get("sparse") for k in keys])  # type: ignore[index]
+        if mode == "bm25":
+            return self._bm25_scores(q, cands)
         qe = self.qe
         if not keys:
             return np.zeros(0, dtype=np.float32)
@@ -501,6 +529,12 @@ class QdrantEdgeStore(EncodedSearchMixin):
             write-ahead log, which survives a killed process but not necessarily a power loss.
         batch_size: points per engine update.
         show_progress: show the encoder's progress bar in ``add``.
+        modes: the modes a new store holds (default: those of the first add). ``"bm25"`` must be declared here.
+        bm25_language, bm25_stopwords, bm25_k1, bm25_b, bm25_method: the ``bm25`` mode's settings, as for
+            ``QdrantHybridStore`` (lucene only; recorded in the header, checked on reopen).
+
+    The ``bm25`` mode is the same sparse vector with the IDF modifier as in ``QdrantHybridStore`` (see
+    :mod:`m3_rag.index.bm25_sparse`); IDF is computed over the live documents holding a bm25 vector.
 
     Only one store may have ``path`` open at a time: a second opener (this process or another) gets
     :class:`StoreLockedError`. Call :meth:`close` (or use ``with``) to release it.
@@ -521,6 +555,12 @@ class QdrantEdgeStore(EncodedSearchMixin):
         durable: bool = True,
         batch_size: int = 256,
         show_progress: bool = True,
+        modes: Sequence[str] | None = None,
+        bm25_language: str | None = BM25_DEFAULTS["language"],
+        bm25_stopwords: str | Sequence[str] | None = BM25_DEFAULTS["stopwords"],
+        bm25_k1: float = BM25_DEFAULTS["k1"],
+        bm25_b: float = BM25_DEFAULTS["b"],
+        bm25_method: str = BM25_DEFAULTS["method"],
     ) -> None:
         self._qe = _edge()
         if not isinstance(path, (str, os.PathLike)) or not str(path):
@@ -539,6 +579,9 @@ class QdrantEdgeStore(EncodedSearchMixin):
             from .index.pooling import check_pool_factor
 
             colbert_pool_factor = check_pool_factor(colbert_pool_factor)
+        self._declared, self._bm25 = declare(modes, {"language": bm25_language, "stopwords": bm25_stopwords,
+                                                     "k1": bm25_k1, "b": bm25_b, "method": bm25_method})
+        self._bm25_declared = self._bm25 is not None
         self.path = Path(path)
         self._encoder = encoder
         self.exact = bool(exact)
@@ -635,9 +678,9 @@ class QdrantEdgeStore(EncodedSearchMixin):
                              f"{FORMAT_VERSION}. Upgrade m3_rag or re-index.")
         modes = meta.get("modes")
         dims = meta.get("dims")
-        if (not isinstance(modes, list) or not modes or any(m not in MODES for m in modes) or len(set(modes)) != len(modes)
+        if (not isinstance(modes, list) or not modes or any(m not in STORE_MODES for m in modes) or len(set(modes)) != len(modes)
                 or not isinstance(dims, dict)
-                or any(not isinstance(dims.get(m), int) or dims[m] <= 0 for m in modes if m != "sparse")
+                or any(not isinstance(dims.get(m), int) or dims[m] <= 0 for m in modes if m not in ("sparse", "bm25"))
                 or meta.get("colbert_datatype") not in COLBERT_DATATYPES
                 or meta.get("colbert_quantization") not in COLBERT_QUANTIZATIONS
                 or not _valid_pool_factor(meta.get("colbert_pool_factor", 1))):
@@ -647,8 +690,13 @@ class QdrantEdgeStore(EncodedSearchMixin):
     def _reopen(self, meta: dict[str, Any]) -> None:
         from .persistence import check_fingerprint
 
-        modes = tuple(m for m in MODES if m in meta["modes"])
-        dims = {m: int(meta["dims"][m]) for m in modes if m != "sparse"}
+        modes = tuple(m for m in STORE_MODES if m in meta["modes"])
+        dims = {m: int(meta["dims"][m]) for m in modes if m not in ("sparse", "bm25")}
+        if "bm25" in modes:
+            self._bm25 = reopen(meta.get("bm25"), self._bm25 if self._bm25_declared else None, str(self.path))
+        elif self._bm25_declared:
+            raise ValueError(f"{self.path} holds modes {modes}, without bm25; open it without modes=, or re-index "
+                             "into a new store with bm25 (QdrantEdgeStore.from_store(store, path, modes=...))")
         saved_fp = meta.get("fingerprint")
         check_fingerprint(self.path, saved_fp, self._encoder)
         enc = self._encoder
@@ -696,9 +744,10 @@ class QdrantEdgeStore(EncodedSearchMixin):
             found = {name: int(v.get("size")) for name, v in vectors.items()}
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             raise ValueError(f"{f} is unreadable or not a Qdrant Edge config: {exc}") from exc
-        want = {m: dims[m] for m in modes if m != "sparse"}
-        if found != want or (("sparse" in modes) != ("sparse" in sparse)) or set(sparse) - {"sparse"}:
-            have = dict(found, **({"sparse": "sparse"} if sparse else {}))
+        want = {m: dims[m] for m in modes if m not in ("sparse", "bm25")}
+        want_sparse = {m for m in modes if m in ("sparse", "bm25")}
+        if found != want or set(sparse) != want_sparse:
+            have = dict(found, **{name: "sparse" for name in sparse})
             raise ValueError(
                 f"the Qdrant Edge shard in {shard_dir} does not match {SIDECAR}: it holds vectors {have}, the header "
                 f"records modes {modes} with dimensions {dict(want)}. The directory was modified; restore it or re-index."
@@ -724,8 +773,12 @@ class QdrantEdgeStore(EncodedSearchMixin):
                 hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
                 memory=qe.Memory.Cold if self.colbert_on_disk else None,
             )
-        sparse = {"sparse": qe.EdgeSparseVectorParams()} if "sparse" in modes else None
-        return vectors, sparse
+        sparse: dict[str, Any] = {}
+        if "sparse" in modes:
+            sparse["sparse"] = qe.EdgeSparseVectorParams()
+        if "bm25" in modes:  # BM25 tf components; the engine multiplies the query by IDF
+            sparse[BM25_VECTOR] = qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)
+        return vectors, sparse or None
 
     def _create_shard(self, modes: tuple[str, ...], dims: Mapping[str, int]) -> Any:
         qe = self._qe
@@ -740,10 +793,11 @@ class QdrantEdgeStore(EncodedSearchMixin):
         """Write the header (atomically, fsynced), then create the shard."""
         meta = {
             "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "modes": list(modes),
-            "dims": {m: int(dims[m]) for m in modes if m != "sparse"}, "fingerprint": self._fingerprint,
+            "dims": {m: int(dims[m]) for m in modes if m not in ("sparse", "bm25")}, "fingerprint": self._fingerprint,
             "colbert_datatype": self.colbert_datatype, "colbert_on_disk": self.colbert_on_disk,
             "colbert_quantization": self.colbert_quantization, "colbert_pool_factor": self.colbert_pool_factor,
             "qdrant_edge_version": _edge_version(),
+            **({"bm25": self._bm25.settings()} if "bm25" in modes else {}),
         }
         tmp = self.path / f".{SIDECAR}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
@@ -753,7 +807,9 @@ class QdrantEdgeStore(EncodedSearchMixin):
         os.replace(tmp, self.path / SIDECAR)
         _fsync_dir(self.path)
         self._shard = self._create_shard(modes, dims)
-        self._modes, self._dims, self._next_seq = modes, {m: int(dims[m]) for m in modes if m != "sparse"}, 0
+        self._modes, self._dims, self._next_seq = modes, {m: int(dims[m]) for m in modes if m not in ("sparse", "bm25")}, 0
+        if self._bm25 is not None:
+            self._bm25.load(())
 
     # ------------------------------------------------------------------ lifecycle
     def _shard_or_raise(self) -> Any:
@@ -837,6 +893,11 @@ class QdrantEdgeStore(EncodedSearchMixin):
         return self._modes
 
     @property
+    def bm25_options(self) -> dict[str, Any] | None:
+        """The ``bm25`` mode's settings (``None`` when the store does not hold bm25)."""
+        return None if self._bm25 is None or "bm25" not in self._modes else dict(self._bm25.options)
+
+    @property
     def fingerprint(self) -> str | None:
         """The model fingerprint recorded with the store (``None`` when built without an encoder)."""
         return self._fingerprint
@@ -911,7 +972,9 @@ class QdrantEdgeStore(EncodedSearchMixin):
         Only the heads the store holds are computed (a fresh store computes every head the encoder has).
         """
         self._shard_or_raise()
-        if self._encoder is None:
+        declared = self._modes or self._declared
+        bm25_only = declared is not None and tuple(declared) == ("bm25",)
+        if self._encoder is None and not bm25_only:
             raise ValueError(
                 "add() needs an encoder: open the store with QdrantEdgeStore(path, encoder=M3Encoder.from_pretrained(...)), "
                 "or encode yourself and call add_encoded()"
@@ -920,7 +983,9 @@ class QdrantEdgeStore(EncodedSearchMixin):
         ids_list, metas = check_rows(len(texts), ids, metadatas)
         if not texts:
             return []
-        modes = self._modes or tuple(self._encoder.available_modes)
+        if bm25_only:  # nothing to encode
+            return self._add_checked(M3Output(text=list(texts)), ids_list, texts, metas)
+        modes = declared or tuple(self._encoder.available_modes)
         encoded = self._encoder.encode_documents(
             texts, dense="dense" in modes, sparse="sparse" in modes, colbert="colbert" in modes,
             batch_size=batch_size, show_progress_bar=None if self.show_progress else False,
@@ -962,7 +1027,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
         from .validation import check_encoded, check_sparse_dim
 
         out: dict[str, Any] = {}
-        check_encoded(encoded, modes, dims, sparse_dim=check_sparse_dim(None, self._encoder),
+        check_encoded(encoded, tuple(m for m in modes if m != "bm25"), dims, sparse_dim=check_sparse_dim(None, self._encoder),
                       fp16_colbert=self.colbert_datatype == "float16")  # the checks every store shares
         if "dense" in modes:
             out["dense"] = DenseIndex(dims["dense"]).prepare(encoded.dense)
@@ -979,11 +1044,13 @@ class QdrantEdgeStore(EncodedSearchMixin):
     def _add_checked(self, encoded: M3Output, ids: list[str], texts: Sequence[str | None], metas: list[dict]) -> list[str]:
         with self._rw.write():
             self._shard_or_raise()
-            modes = self._modes or tuple(m for m in MODES if m in encoded.modes)
+            modes = self._modes or self._declared or tuple(m for m in MODES if m in encoded.modes)
             if not modes:
                 raise ValueError("encoded holds no output (dense, sparse and colbert are all None)")
+            if "bm25" in modes and self._bm25 is None:
+                raise ValueError("the bm25 mode must be declared: QdrantEdgeStore(path, modes=(..., 'bm25'))")
             for mode in modes:
-                if getattr(encoded, mode) is None:
+                if mode != "bm25" and getattr(encoded, mode) is None:
                     raise ValueError(f"encoded has no {mode!r} output but the store holds {modes}; encode with {mode}=True")
             dims = dict(self._dims)
             fresh = not self._modes
@@ -996,10 +1063,19 @@ class QdrantEdgeStore(EncodedSearchMixin):
             prepared = self._prepare(encoded, modes, dims)
             if fresh:
                 self._create(modes, dims)
+            old: dict[Any, int] = {}
+            if "bm25" in modes:  # the average length includes this write and drops the versions it replaces
+                old = self._bm25_lengths([_pid(x) for x in ids])
+                prepared["bm25"] = self._bm25_ready().documents(list(texts), replaced=list(old.values()))
             n = len(ids)
             seqs = range(self._next_seq, self._next_seq + n)
             self._next_seq += n
             self._upsert(prepared, ids, texts, metas, seqs)
+            if "bm25" in modes:  # the statistics follow what was written (a repeated id: its last row)
+                last = {x: j for j, x in enumerate(ids)}
+                lens = prepared["bm25"][1]
+                self._bm25.added([lens[j] for j in last.values() if lens[j] is not None])
+                self._bm25.removed(list(old.values()))
             if self.durable:
                 self._shard.flush()
             return ids
@@ -1021,6 +1097,9 @@ class QdrantEdgeStore(EncodedSearchMixin):
                     a, b = m.indptr[i], m.indptr[i + 1]
                     order = np.argsort(m.indices[a:b], kind="stable")
                     vec["sparse"] = qe.SparseVector(m.indices[a:b][order].tolist(), m.data[a:b][order].tolist())
+                if "bm25" in prepared and prepared["bm25"][0][i] is not None:
+                    vec[BM25_VECTOR] = qe.SparseVector(*prepared["bm25"][0][i])
+                    payload[PAYLOAD_BM25_LEN] = prepared["bm25"][1][i]
                 if "colbert" in prepared:
                     mat = prepared["colbert"][i]
                     if len(mat) == 0:  # the engine refuses empty multivectors; a zero token scores 0 under MaxSim
@@ -1030,6 +1109,18 @@ class QdrantEdgeStore(EncodedSearchMixin):
                         vec["colbert"] = mat.tolist()
                 points.append(qe.Point(id=_pid(ids[i]), vector=vec, payload=payload))
             self._shard.update(qe.UpdateOperation.upsert_points(points))
+
+    def _bm25_ready(self) -> Any:
+        """The bm25 encoder with its length statistics loaded (one payload scroll, once per open)."""
+        if not self._bm25.loaded:
+            flt = self._qe.Filter(must=[self._qe.HasVectorCondition(BM25_VECTOR)])
+            self._bm25.load(int((r.payload or {}).get(PAYLOAD_BM25_LEN, 0)) for r in self._scroll([PAYLOAD_BM25_LEN], flt=flt))
+        return self._bm25
+
+    def _bm25_lengths(self, pids: list[Any]) -> dict[Any, int]:
+        """Stored bm25 lengths of the points among ``pids`` that have a bm25 entry."""
+        got = self._shard.retrieve(list(set(pids)), [PAYLOAD_BM25_LEN], False)
+        return {r.id: int(r.payload[PAYLOAD_BM25_LEN]) for r in got if (r.payload or {}).get(PAYLOAD_BM25_LEN) is not None}
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete documents by id; unknown ids are ignored. Returns the number removed. Durable on return."""
@@ -1041,7 +1132,12 @@ class QdrantEdgeStore(EncodedSearchMixin):
             found = [r.id for r in shard.retrieve(list({_pid(x) for x in ids_list}), False, False)]
             if not found:
                 return 0
+            old = self._bm25_lengths(found) if "bm25" in self._modes else {}
+            if old:
+                self._bm25_ready()
             shard.update(self._qe.UpdateOperation.delete_points(found))
+            if old:
+                self._bm25.removed(list(old.values()))
             if self.durable:
                 shard.flush()
             return len(found)
@@ -1058,6 +1154,10 @@ class QdrantEdgeStore(EncodedSearchMixin):
             _fsync_dir(self.path)
             self._modes, self._dims, self._next_seq = (), {}, 0
             self._fingerprint = self._encoder.fingerprint if self._encoder is not None else None
+            if self._bm25 is not None:
+                self._bm25.load(())
+                if not self._bm25_declared:  # a reopened store's bm25 is forgotten with its modes
+                    self._bm25 = None
 
     @_reading
     def get(self, ids: Sequence[str]) -> list[Record]:
@@ -1110,6 +1210,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
         """
         kwargs.setdefault("encoder", store.encoder)
         kwargs.setdefault("colbert_pool_factor", getattr(store, "colbert_pool_factor", 1))
+        carry(store, kwargs)
         if "colbert_datatype" not in kwargs:
             src = getattr(store, "colbert_datatype", None) or getattr(store, "colbert_dtype", "fp32")
             kwargs["colbert_datatype"] = "float16" if src in ("fp16", "float16") else "float32"
@@ -1139,6 +1240,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
         store_kwargs.setdefault("encoder", self._encoder)
         store_kwargs.setdefault("colbert_dtype", self.colbert_dtype)
         store_kwargs.setdefault("colbert_pool_factor", self.colbert_pool_factor)
+        carry(self, store_kwargs)
         out = HybridStore(**store_kwargs)
         out._saved_fingerprint = self._fingerprint
         if len(self):
@@ -1157,9 +1259,9 @@ class QdrantEdgeStore(EncodedSearchMixin):
         query: str,
         *,
         k: int = 10,
-        modes: Sequence[str] | str = ("dense", "sparse", "colbert"),
+        modes: Sequence[str] | str | None = None,
         weights: Sequence[float] | Mapping[str, float] | None = None,
-        fusion: str = "weighted",
+        fusion: str | None = None,
         candidates: int | Mapping[str, int] | None = None,
         filter: Mapping[str, Any] | Callable[[dict], bool] | None = None,
         ids: Collection[str] | None = None,
@@ -1212,8 +1314,8 @@ class QdrantEdgeStore(EncodedSearchMixin):
             return []
         flt = backend._flt(restriction)
         p = plan(opts)
-        stages = [qe.Prefetch(limit=lim, query=qe.Query.Nearest(backend._qvec(f, q), using=f), filter=flt, params=backend.params)
-                  for f, lim in p.stages]
+        stages = [qe.Prefetch(limit=lim, query=qe.Query.Nearest(backend._qvec(f, q), using=f), filter=flt,
+                              params=backend._params(f)) for f, lim in p.stages]
         sources = list(stages)
         if p.rerank is not None:
             mode, lim = p.rerank
@@ -1225,8 +1327,12 @@ class QdrantEdgeStore(EncodedSearchMixin):
             with_vector=[x for x in ("dense", "sparse") if x in opts.modes] or False))
         return hits_from_fused(backend, q, opts, _pts(res), PAYLOAD_SEQ)
 
-    def _search_params(self) -> Any:
+    def _search_params(self, bm25: bool = False) -> Any:
+        """The engine's search params; ``bm25``: IDF over the live documents holding a bm25 vector (the engine's
+        global IDF counts deleted points until the shard is reloaded, and leaves out empty vectors)."""
         qe = self._qe
+        if bm25:
+            return qe.SearchParams(exact=self.exact, idf=qe.IdfParams(corpus=qe.Filter(must=[qe.HasVectorCondition(BM25_VECTOR)])))
         quant = qe.QuantizationSearchParams(rescore=True) if self.colbert_quantization else None
         return qe.SearchParams(exact=self.exact, hnsw_ef=self.hnsw_ef, quantization=quant)
 

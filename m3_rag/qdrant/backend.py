@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from ..index.bm25_sparse import BM25_VECTOR
 from ..search import Candidates, SearchBackend, SearchOptions
-from ..search.pipeline import exact_top
+from ..search.engine_bm25 import EngineBm25
+from ..search.pipeline import LEXICAL_MODES, exact_top
 from ..types import Hit, M3Output
 from .schema import PAYLOAD_ID, PAYLOAD_META, PAYLOAD_SEQ, PAYLOAD_TEXT
 
@@ -43,7 +45,7 @@ def _faiss_dense(X: np.ndarray, q: np.ndarray) -> np.ndarray:
     return out
 
 
-class QdrantBackend(SearchBackend):
+class QdrantBackend(EngineBm25, SearchBackend):
     """Candidates from a Qdrant collection; keys are point ids, ``seq`` is the payload's insertion number."""
 
     #: Qdrant breaks exact ties in its own order: fetch past each cut and re-rank by insertion order.
@@ -73,7 +75,30 @@ class QdrantBackend(SearchBackend):
         if mode == "sparse":
             items = sorted((int(t), float(w)) for t, w in q.sparse[0].items())  # type: ignore[index]
             return self.m.SparseVector(indices=[t for t, _ in items], values=[w for _, w in items])
+        if mode == "bm25":
+            ids, counts = self.s._bm25.query(q.text[0])  # type: ignore[index]
+            return self.m.SparseVector(indices=ids, values=counts)
         return np.asarray(q.colbert[0], dtype=np.float32).tolist()  # type: ignore[index]
+
+    def _params(self, mode: str) -> Any:
+        """Search params of a mode's request: bm25's IDF corpus (the live documents holding a bm25 vector)."""
+        return self.s._bm25_search_params() if mode == "bm25" else None
+
+    # -------------------------------------------------- bm25 engine calls (EngineBm25)
+    def _bm25_query(self, vectors: Any, limit: int, flt: Any) -> list[list[Any]]:
+        m = self.m
+        params = self._params("bm25")
+        reqs = [m.QueryRequest(query=m.SparseVector(indices=ids, values=vals), using=BM25_VECTOR, filter=flt,
+                               limit=limit, with_payload=True, params=params) for ids, vals in vectors]
+        return [list(r.points) for r in self.s.client.query_batch_points(self.s.collection, requests=reqs)]
+
+    def _bm25_only(self, keys: list[Any]) -> Any:
+        return self.m.Filter(must=[self.m.HasIdCondition(has_id=list(keys))])
+
+    def _bm25_count(self) -> int:
+        m = self.m
+        flt = m.Filter(must=[m.HasVectorCondition(has_vector=BM25_VECTOR)])
+        return int(self.s.client.count(self.s.collection, count_filter=flt, exact=True).count)
 
     @staticmethod
     def _flt(restriction: _Restriction | None) -> Any:
@@ -112,13 +137,15 @@ class QdrantBackend(SearchBackend):
         flt = m.Filter(must=[qfilter] if qfilter is not None else [],
                        must_not=[m.HasIdCondition(has_id=list(exclude))] if exclude else None)
         points, _ = self.s.client.scroll(
-            self.s.collection, scroll_filter=flt, limit=n,
-            order_by=m.OrderBy(key=PAYLOAD_SEQ, direction=m.Direction.ASC), with_payload=True, with_vectors=["sparse"],
+            self.s.collection, scroll_filter=flt, limit=n, order_by=m.OrderBy(key=PAYLOAD_SEQ, direction=m.Direction.ASC),
+            with_payload=True, with_vectors=["sparse"] if "sparse" in self.s._modes else False,
         )
         return list(points)
 
     # -------------------------------------------------- the pipeline interface
     def first_stage(self, mode: str, Q: M3Output, depth: int, restriction: Any, pad: bool) -> list[Candidates]:
+        if mode == "bm25":
+            return self._bm25_first_stage(Q, depth, restriction, pad)
         out = []
         qfilter = self._flt(restriction)
         for i in range(len(Q)):
@@ -146,7 +173,7 @@ class QdrantBackend(SearchBackend):
         union with its dense/sparse vectors and, when ColBERT is searched, its MaxSim scores."""
         m = self.m
         out = []
-        stages = {mode: exact_top(self, mode, Q, d, restriction, pad=(mode == "sparse" and not opts.explicit_depths))
+        stages = {mode: exact_top(self, mode, Q, d, restriction, pad=(mode in LEXICAL_MODES and not opts.explicit_depths))
                   for mode, d in opts.depths.items()}
         vectors = [x for x in ("dense", "sparse") if x in opts.modes] or False
         for i in range(len(Q)):
@@ -179,6 +206,8 @@ class QdrantBackend(SearchBackend):
             return X @ np.asarray(q.dense[0], dtype=np.float32)  # type: ignore[index]
         if mode == "sparse":
             return self._lexical(q.sparse[0], points)  # type: ignore[index]
+        if mode == "bm25":
+            return self._bm25_scores(q, cands)
         only = self.m.Filter(must=[self.m.HasIdCondition(has_id=list(cands.keys.tolist()))])
         got = self.s.client.query_points(
             self.s.collection, query=self._qvec("colbert", q), using="colbert", query_filter=only,

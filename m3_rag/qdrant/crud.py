@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
+from ..index.bm25_sparse import BM25_VECTOR, PAYLOAD_BM25_LEN
 from ..index.pooling import pool_tokens
 from ..types import M3Output, Record
 from ..validation import check_encoded, check_ids, check_rows, check_texts
@@ -50,6 +51,23 @@ class CrudMixin:
     _next_seq: int
     _seq_lock: threading.Lock
     _sparse_dim: int | None
+    _declared: tuple[str, ...] | None
+    _bm25: Any
+
+    def _create(self, modes: Sequence[str], dims: Mapping[str, int]) -> None: ...  # SchemaMixin's
+
+    def _bm25_ready(self) -> Any:
+        """The bm25 encoder with its length statistics loaded (one payload scroll, once per store object)."""
+        if not self._bm25.loaded:
+            m = self._models
+            pts = self._scroll(with_payload=[PAYLOAD_BM25_LEN], flt=m.Filter(must=[m.HasVectorCondition(has_vector=BM25_VECTOR)]))
+            self._bm25.load(int((p.payload or {}).get(PAYLOAD_BM25_LEN, 0)) for p in pts)
+        return self._bm25
+
+    def _bm25_lengths(self, pids: list[str]) -> dict[str, int]:
+        """Stored bm25 lengths of the points among ``pids`` that have a bm25 entry."""
+        got = self.client.retrieve(self.collection, sorted(set(pids)), with_payload=[PAYLOAD_BM25_LEN])
+        return {p.id: int(p.payload[PAYLOAD_BM25_LEN]) for p in got if (p.payload or {}).get(PAYLOAD_BM25_LEN) is not None}
 
     @serialised
     def _exists(self) -> bool:
@@ -104,7 +122,9 @@ class CrudMixin:
         batch_size: int = 32,
     ) -> list[str]:
         """Encode ``texts`` with the encoder and upsert them; returns the ids (generated UUID4 hex when not given)."""
-        if self._encoder is None:
+        heads = self._modes or self._declared or (self._encoder.available_modes if self._encoder is not None else ())
+        vector_heads = tuple(m for m in heads if m != "bm25")
+        if self._encoder is None and (vector_heads or not heads):
             raise ValueError("QdrantHybridStore.add needs an encoder; pass encoder= or use add_encoded")
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, not a single string; wrap it: add([text])")
@@ -115,7 +135,8 @@ class CrudMixin:
         ids_l, metas = self._check_rows(len(texts), ids, metadatas)
         if not texts:
             return []
-        heads = self._modes or self._encoder.available_modes
+        if not vector_heads:  # a bm25-only collection: nothing to encode
+            return self.add_encoded(M3Output(text=list(texts)), ids=ids_l, texts=texts, metadatas=metas)
         encoded = self._encoder.encode_documents(
             texts,
             dense="dense" in heads,
@@ -179,7 +200,8 @@ class CrudMixin:
                 raise ValueError(f"got {len(texts_l)} texts for {n} documents; pass one text (or None) per document")
         if n == 0:
             return []
-        check_encoded(encoded, self._modes or encoded.modes, self._dims, sparse_dim=self._sparse_dim,
+        vector_modes = tuple(x for x in (self._modes or self._declared or encoded.modes) if x != "bm25")
+        check_encoded(encoded, vector_modes, self._dims, sparse_dim=self._sparse_dim,
                       fp16_colbert=self.colbert_datatype == "float16")
         if not self._exists():
             dims = {}
@@ -190,8 +212,8 @@ class CrudMixin:
                 if len(widths) != 1:
                     raise ValueError(f"colbert rows have inconsistent widths {sorted(widths)}")
                 dims["colbert"] = widths.pop()
-            self._create(encoded.modes, dims)
-        missing = [x for x in self._modes if x not in encoded.modes]
+            self._create(self._declared or encoded.modes, dims)
+        missing = [x for x in self._modes if x != "bm25" and x not in encoded.modes]
         if missing:
             raise ValueError(
                 f"encoded lacks modes {missing} that collection {self.collection!r} holds {self._modes}; "
@@ -209,11 +231,17 @@ class CrudMixin:
                         f"colbert row {i} has dimension {c.shape[1]}; collection {self.collection!r} holds "
                         f"{self._dims['colbert']}"
                     )
+        bm25 = None
+        if "bm25" in self._modes:  # the average length includes this write and drops the versions it replaces
+            old = self._bm25_lengths([point_id(x) for x in ids_l])
+            last = {point_id(x): j for j, x in enumerate(ids_l)}  # a repeated id: only its last row is stored
+            vecs, lens = self._bm25_ready().documents(texts_l, replaced=list(old.values()))
+            bm25 = (vecs, lens, old, last)
         # every written row gets the next sequence number: an upserted id moves last, as in HybridStore
         with self._seq_lock:
             seqs = list(range(self._next_seq, self._next_seq + n))
             self._next_seq += n
-        self._upload(encoded, ids_l, texts_l, metas, list(range(n)), seqs)
+        self._upload(encoded, ids_l, texts_l, metas, list(range(n)), seqs, bm25)
         return ids_l
 
     def _upload(
@@ -224,6 +252,7 @@ class CrudMixin:
         metas: list[dict],
         rows: list[int],
         seqs: list[int],
+        bm25: Any = None,
     ) -> None:
         from tqdm.auto import tqdm
 
@@ -246,6 +275,9 @@ class CrudMixin:
                     if colbert is not None:
                         vec["colbert"] = colbert[pos]
                     payload = {PAYLOAD_ID: ids[i], PAYLOAD_SEQ: seqs[j], PAYLOAD_TEXT: texts[i], PAYLOAD_META: metas[i]}
+                    if bm25 is not None and bm25[0][i] is not None:
+                        vec[BM25_VECTOR] = m.SparseVector(indices=bm25[0][i][0], values=bm25[0][i][1])
+                        payload[PAYLOAD_BM25_LEN] = bm25[1][i]
                     if empty is not None and empty[pos]:
                         payload[PAYLOAD_COLBERT_EMPTY] = True
                     points.append(m.PointStruct(id=point_id(ids[i]), vector=vec, payload=payload))
@@ -262,6 +294,11 @@ class CrudMixin:
                         "The earlier batches were written; retry add/add_encoded with the failed ids.",
                         failed,
                     ) from exc
+                if bm25 is not None:  # the statistics follow what was written
+                    vecs, lens, old, last = bm25
+                    stored = [i for i in sel if last[point_id(ids[i])] == i]
+                    self._bm25.added([lens[i] for i in stored if lens[i] is not None])
+                    self._bm25.removed([old.pop(point_id(ids[i])) for i in sel if point_id(ids[i]) in old])
                 bar.update(len(points))
         finally:
             bar.close()
@@ -273,12 +310,17 @@ class CrudMixin:
         pids = sorted({point_id(x) for x in ids})
         if not pids or not self._exists():
             return 0
-        found = self.client.retrieve(self.collection, pids, with_payload=False)
+        found = self.client.retrieve(self.collection, pids, with_payload=[PAYLOAD_BM25_LEN])
         if not found:
             return 0
+        if "bm25" in self._modes:
+            self._bm25_ready()
         self.client.delete(
             self.collection, points_selector=self._models.PointIdsList(points=[p.id for p in found]), wait=True
         )
+        if "bm25" in self._modes:
+            self._bm25.removed([int(p.payload[PAYLOAD_BM25_LEN]) for p in found
+                                if (p.payload or {}).get(PAYLOAD_BM25_LEN) is not None])
         return len(found)
 
     @serialised
@@ -305,8 +347,12 @@ class CrudMixin:
         if self.client.collection_exists(self.collection):
             self.client.delete_collection(self.collection)
         self._modes, self._dims, self._next_seq = (), {}, 0
+        if self._bm25 is not None:
+            self._bm25.load(())
+            if not self._bm25_declared:  # a reopened collection's bm25: forgotten with its modes
+                self._bm25 = None
         if self._encoder is not None:
-            self._create(self._encoder.available_modes, self._encoder_dims(self._encoder))
+            self._create(self._declared or self._encoder.available_modes, self._encoder_dims(self._encoder))
 
     @serialised
     def export(

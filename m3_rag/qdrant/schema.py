@@ -12,7 +12,8 @@ import uuid
 import warnings
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ..types import MODES
+from ..index.bm25_sparse import BM25_VECTOR
+from ..types import STORE_MODES
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..encoder import M3Encoder
@@ -85,6 +86,14 @@ class SchemaMixin:
     _dims: dict[str, int]
     _fingerprint: str | None
     _next_seq: int
+    _bm25: Any
+    _bm25_declared: bool
+
+    def _bm25_search_params(self) -> Any:
+        """IDF over the live documents holding a bm25 vector (the engine's global IDF may count deleted points)."""
+        m = self._models
+        corpus = m.Filter(must=[m.HasVectorCondition(has_vector=BM25_VECTOR)])
+        return m.SearchParams(idf=m.IdfCorpusParams(corpus=corpus))
 
     @staticmethod
     def _encoder_dims(encoder: "M3Encoder") -> dict[str, int]:
@@ -113,16 +122,22 @@ class SchemaMixin:
 
     def _create(self, modes: Sequence[str], dims: Mapping[str, int]) -> None:
         m = self._models
-        modes = tuple(x for x in MODES if x in modes)
+        modes = tuple(x for x in STORE_MODES if x in modes)
         if not modes:
             raise ValueError("cannot create a collection with no modes; the encoded input holds no dense/sparse/colbert")
+        if "bm25" in modes and self._bm25 is None:
+            raise ValueError("the bm25 mode must be declared: QdrantHybridStore(..., modes=(..., 'bm25'))")
         vectors: dict[str, Any] = {}
         if "dense" in modes:
             dist = m.Distance.COSINE if self.dense_distance == "cosine" else m.Distance.DOT
             vectors["dense"] = m.VectorParams(size=int(dims["dense"]), distance=dist)
         if "colbert" in modes:
             vectors["colbert"] = self._colbert_params(int(dims["colbert"]))
-        sparse = {"sparse": m.SparseVectorParams(modifier=None)} if "sparse" in modes else None
+        sparse: dict[str, Any] = {}
+        if "sparse" in modes:
+            sparse["sparse"] = m.SparseVectorParams(modifier=None)
+        if "bm25" in modes:  # documents hold the BM25 tf component; the engine multiplies the query by IDF
+            sparse[BM25_VECTOR] = m.SparseVectorParams(modifier=m.Modifier.IDF)
         meta = {
             METADATA_KEY: {
                 "format_version": FORMAT_VERSION,
@@ -130,10 +145,11 @@ class SchemaMixin:
                 "fingerprint": self._fingerprint,
                 "colbert_datatype": self.colbert_datatype,
                 "colbert_pool_factor": self.colbert_pool_factor,
+                **({"bm25": self._bm25.settings()} if "bm25" in modes else {}),
             }
         }
         self.client.create_collection(
-            self.collection, vectors_config=vectors, sparse_vectors_config=sparse, metadata=meta
+            self.collection, vectors_config=vectors, sparse_vectors_config=sparse or None, metadata=meta
         )
         with warnings.catch_warnings():  # local mode warns that payload indexes are a no-op there
             warnings.filterwarnings("ignore", message="Payload indexes have no effect")
@@ -146,6 +162,8 @@ class SchemaMixin:
         self._modes = modes
         self._dims = {k: int(v) for k, v in dims.items() if k in modes}
         self._next_seq = 0
+        if self._bm25 is not None:
+            self._bm25.load(())
 
     def _mismatch(self, what: str, expected: Any, actual: Any, fix: str) -> ValueError:
         return ValueError(
@@ -164,7 +182,7 @@ class SchemaMixin:
             raise self._mismatch("vectors", "named vectors dense/colbert", "one unnamed vector", other)
         modes: list[str] = []
         dims: dict[str, int] = {}
-        unknown = sorted((set(vectors) - {"dense", "colbert"}) | (set(sparse) - {"sparse"}))
+        unknown = sorted((set(vectors) - {"dense", "colbert"}) | (set(sparse) - {"sparse", BM25_VECTOR}))
         if unknown:
             raise self._mismatch("vector names", ["dense", "sparse", "colbert"], unknown, other)
         if "dense" in vectors:
@@ -187,6 +205,17 @@ class SchemaMixin:
                     "M3 lexical weights are learned and must not be IDF-rescaled. " + other,
                 )
             modes.append("sparse")
+        meta = ((info.config.metadata or {}).get(METADATA_KEY)) or {}
+        if BM25_VECTOR in sparse:
+            if sparse[BM25_VECTOR].modifier != m.Modifier.IDF:
+                raise self._mismatch("bm25 modifier", "idf", getattr(sparse[BM25_VECTOR].modifier, "value", None), other)
+            from ..index.bm25_sparse import reopen
+
+            self._bm25 = reopen(meta.get("bm25"), self._bm25 if self._bm25_declared else None,
+                                f"Qdrant collection {self.collection!r}")
+            modes.append("bm25")
+        elif self._bm25 is not None and self._bm25_declared:
+            raise self._mismatch("modes", "with bm25", "without bm25", other)
         if "colbert" in vectors:
             p = vectors["colbert"]
             mv = p.multivector_config
@@ -207,10 +236,9 @@ class SchemaMixin:
                 raise self._mismatch("dense dimension", enc.dense_dim, dims["dense"], "Use the encoder that built it. " + other)
             if "colbert" in dims and dims["colbert"] != enc.colbert_dim:
                 raise self._mismatch("colbert dimension", enc.colbert_dim, dims["colbert"], "Use the encoder that built it. " + other)
-            missing = [x for x in modes if x not in enc.available_modes]
+            missing = [x for x in modes if x != "bm25" and x not in enc.available_modes]
             if missing:
                 raise self._mismatch("encoder modes", modes, list(enc.available_modes), "Use an encoder with these heads.")
-        meta = ((info.config.metadata or {}).get(METADATA_KEY)) or {}
         stored_fp = meta.get("fingerprint")
         if enc is not None and stored_fp is not None and stored_fp != enc.fingerprint:
             raise self._mismatch(
@@ -224,7 +252,7 @@ class SchemaMixin:
         pf = meta.get("colbert_pool_factor", 1)
         if isinstance(pf, int) and not isinstance(pf, bool) and pf >= 1:
             self.colbert_pool_factor = pf
-        self._modes = tuple(x for x in MODES if x in modes)
+        self._modes = tuple(x for x in STORE_MODES if x in modes)
         self._dims = dims
         last, _ = self.client.scroll(
             self.collection,

@@ -28,7 +28,8 @@ def search_server_fusion(store: "QdrantHybridStore", backend: "QdrantBackend", q
         return []
     qfilter = backend._flt(restriction)
     p = plan(opts)
-    prefetch = [m.Prefetch(query=backend._qvec(f, q), using=f, limit=lim, filter=qfilter) for f, lim in p.stages]
+    prefetch = [m.Prefetch(query=backend._qvec(f, q), using=f, limit=lim, filter=qfilter, params=backend._params(f))
+                for f, lim in p.stages]
     sources = list(prefetch)
     if p.rerank is not None:
         mode, lim = p.rerank

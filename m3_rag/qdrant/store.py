@@ -43,8 +43,10 @@ from __future__ import annotations
 import contextlib
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Collection, Mapping
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
+from ..index.bm25 import BM25_DEFAULTS
+from ..index.bm25_sparse import carry
 
 from ..types import Hit, M3Output
 from ..search.api import EncodedSearchMixin
@@ -102,6 +104,18 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
             the collection metadata; an existing collection keeps the factor it was built with.
         sparse_dim: the vocabulary size bounding sparse token ids (default: the encoder's ``vocab_size``; any id
             below 2**31 - 1 without an encoder), as for ``HybridStore``.
+        modes: the modes a new collection holds (default: the encoder's outputs, or those of the first
+            ``add_encoded``). ``"bm25"`` must be declared here, e.g. ``modes=("dense", "colbert", "bm25")``.
+        bm25_language, bm25_stopwords, bm25_k1, bm25_b, bm25_method: the ``bm25`` mode's settings, as for
+            ``HybridStore`` (``bm25_method`` must be ``"lucene"``: the one variant Qdrant's IDF computes). Recorded in
+            the collection metadata; an existing collection keeps its own (different values are refused).
+
+    The ``bm25`` mode is a sparse vector ``"bm25"`` with Qdrant's IDF modifier: stems (bm25s + PyStemmer, as in
+    ``HybridStore``) hashed to 32-bit ids, document values the BM25 term-frequency component with the average
+    length of the live collection when the document was written, query values the stem counts; IDF is computed by
+    Qdrant over the live documents holding a bm25 vector. See :mod:`m3_rag.index.bm25_sparse` for where scores can
+    differ from ``HybridStore`` (the average length, float32, hash collisions). Documents written without a text
+    have no bm25 vector.
 
     Thread safety: every call on a local-mode client (``":memory:"`` or a path) is serialised by a re-entrant
     lock, since qdrant-client's local mode has no locking of its own (encoding runs outside the lock). A server
@@ -125,7 +139,14 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
         server_fusion: bool = False,
         colbert_pool_factor: int = 1,
         sparse_dim: int | None = None,
+        modes: Sequence[str] | None = None,
+        bm25_language: str | None = BM25_DEFAULTS["language"],
+        bm25_stopwords: str | Sequence[str] | None = BM25_DEFAULTS["stopwords"],
+        bm25_k1: float = BM25_DEFAULTS["k1"],
+        bm25_b: float = BM25_DEFAULTS["b"],
+        bm25_method: str = BM25_DEFAULTS["method"],
     ) -> None:
+        from ..index.bm25_sparse import declare
         from ..index.pooling import check_pool_factor
 
         qdrant_client, models = _qdrant()
@@ -144,6 +165,13 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
         if not isinstance(collection, str) or not collection:
             raise ValueError(f"collection must be a non-empty string; got {collection!r}")
         self._sparse_dim = check_sparse_dim(sparse_dim, encoder)
+        self._declared, self._bm25 = declare(modes, {"language": bm25_language, "stopwords": bm25_stopwords,
+                                                     "k1": bm25_k1, "b": bm25_b, "method": bm25_method})
+        self._bm25_declared = self._bm25 is not None
+        if self._declared is not None and encoder is not None:
+            lacking = [m for m in self._declared if m != "bm25" and m not in encoder.available_modes]
+            if lacking:
+                raise ValueError(f"modes {self._declared} include {lacking}, which the encoder does not compute")
         self.client, self._owns_client = self._make_client(qdrant_client, client_or_url_or_path)
         self._lock: Any = threading.RLock() if self._is_local(self.client) else contextlib.nullcontext()
         self.collection = collection
@@ -164,7 +192,9 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
         if self.client.collection_exists(collection):
             self._load_existing()
         elif encoder is not None:
-            self._create(encoder.available_modes, self._encoder_dims(encoder))
+            self._create(self._declared or encoder.available_modes, self._encoder_dims(encoder))
+        elif self._declared is not None and all(m in ("sparse", "bm25") for m in self._declared):
+            self._create(self._declared, {})
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -205,6 +235,7 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
         """
         kwargs.setdefault("encoder", store.encoder)
         kwargs.setdefault("colbert_pool_factor", getattr(store, "colbert_pool_factor", 1))
+        carry(store, kwargs)
         if "colbert_datatype" not in kwargs:
             dtype = getattr(store, "colbert_dtype", "fp16")
             kwargs["colbert_datatype"] = "float32" if dtype == "fp32" else "float16"
@@ -230,6 +261,7 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
 
         store_kwargs.setdefault("encoder", self._encoder)
         store_kwargs.setdefault("colbert_pool_factor", self.colbert_pool_factor)
+        carry(self, store_kwargs)
         if "colbert_dtype" not in store_kwargs and "colbert" in self._modes:
             store_kwargs["colbert_dtype"] = "fp16" if self.colbert_datatype == "float16" else "fp32"
         store = HybridStore(**store_kwargs)
@@ -274,6 +306,11 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
     def modes(self) -> tuple[str, ...]:
         """The modes the collection holds (empty until the collection exists)."""
         return self._modes
+
+    @property
+    def bm25_options(self) -> dict[str, Any] | None:
+        """The ``bm25`` mode's settings (``None`` when the collection does not hold bm25)."""
+        return None if self._bm25 is None else dict(self._bm25.options)
 
     @property
     def sparse_dim(self) -> int | None:
@@ -360,3 +397,4 @@ class QdrantHybridStore(SchemaMixin, CrudMixin, EncodedSearchMixin):
         if pids is not None:
             must.append(m.HasIdCondition(has_id=pids))
         return m.Filter(must=must) if must else None
+
