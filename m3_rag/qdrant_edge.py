@@ -1197,7 +1197,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
             d = self._dims["colbert"]
             rows["colbert"] = [np.zeros((0, d), np.float32) if r.payload.get(PAYLOAD_COLBERT_EMPTY)
                                else np.asarray(r.vector["colbert"], dtype=np.float32).reshape(-1, d) for r in recs]
-        return out_ids, M3Output(**rows), texts, metas
+        return out_ids, M3Output(**rows, text=None if rows else list(texts)), texts, metas  # bm25 alone: the texts
 
     # ------------------------------------------------------------------ migration
     @classmethod

@@ -603,7 +603,7 @@ class HybridStore(EncodedSearchMixin):
             rows: dict[str, Any] = {m: idx.rows(slots) for m, idx in self._indexes.items() if m != "bm25"}
             if "dense" in rows and not len(slots):
                 rows["dense"] = np.zeros((0, self.dense_dim or 0), np.float32)
-            return out_ids, M3Output(**rows), texts, metas
+            return out_ids, M3Output(**rows, text=None if rows else list(texts)), texts, metas  # bm25 alone: the texts
 
     # ------------------------------------------------------------------ search API
     def search(

@@ -391,4 +391,5 @@ class CrudMixin:
                     colbert.append(np.zeros((0, self._dims["colbert"]), dtype=np.float32))
                 else:
                     colbert.append(np.asarray(p.vector["colbert"], dtype=np.float32))
-        return out_ids, M3Output(dense=dense, sparse=sparse, colbert=colbert), texts, metas
+        bm25_only = dense is None and sparse is None and colbert is None  # the rows are the texts
+        return out_ids, M3Output(dense=dense, sparse=sparse, colbert=colbert, text=list(texts) if bm25_only else None), texts, metas
