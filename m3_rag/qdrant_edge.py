@@ -288,8 +288,7 @@ class EdgeBackend(EngineBm25, SearchBackend):
         return self.qe.Filter(must=[self.qe.HasIdCondition(set(keys))])
 
     def _bm25_count(self) -> int:
-        flt = self.qe.Filter(must=[self.qe.HasVectorCondition(BM25_VECTOR)])
-        return int(self.shard.count(self.qe.CountRequest(filter=flt, exact=True)))
+        return self.s._bm25_ready().n_docs  # kept exact by the store's writes (the only writer)
 
     @staticmethod
     def _flt(restriction: _Restriction | None) -> Any:
@@ -597,6 +596,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
         self._modes: tuple[str, ...] = ()
         self._dims: dict[str, int] = {}
         self._next_seq = 0
+        self._n_docs: int | None = None  # the document count, cached between writes (an exact count is O(n))
         self._fingerprint: str | None = encoder.fingerprint if encoder is not None else None
         self._requested = {"colbert_datatype": colbert_datatype, "colbert_on_disk": colbert_on_disk,
                            "colbert_quantization": colbert_quantization, "colbert_pool_factor": colbert_pool_factor}
@@ -926,7 +926,10 @@ class QdrantEdgeStore(EncodedSearchMixin):
         shard = self._shard_or_raise()
         if shard is None:
             return 0
-        return int(shard.count(self._qe.CountRequest(exact=True)))
+        n = self._n_docs
+        if n is None:  # this process is the only writer (the directory lock): valid until the next write
+            n = self._n_docs = int(shard.count(self._qe.CountRequest(exact=True)))
+        return n
 
     @_reading
     def __contains__(self, id: object) -> bool:
@@ -1070,6 +1073,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
             n = len(ids)
             seqs = range(self._next_seq, self._next_seq + n)
             self._next_seq += n
+            self._n_docs = None
             self._upsert(prepared, ids, texts, metas, seqs)
             if "bm25" in modes:  # the statistics follow what was written (a repeated id: its last row)
                 last = {x: j for j, x in enumerate(ids)}
@@ -1135,6 +1139,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
             old = self._bm25_lengths(found) if "bm25" in self._modes else {}
             if old:
                 self._bm25_ready()
+            self._n_docs = None
             shard.update(self._qe.UpdateOperation.delete_points(found))
             if old:
                 self._bm25.removed(list(old.values()))
@@ -1152,7 +1157,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
             shutil.rmtree(self.path / SHARD_DIR, ignore_errors=True)
             (self.path / SIDECAR).unlink(missing_ok=True)
             _fsync_dir(self.path)
-            self._modes, self._dims, self._next_seq = (), {}, 0
+            self._modes, self._dims, self._next_seq, self._n_docs = (), {}, 0, None
             self._fingerprint = self._encoder.fingerprint if self._encoder is not None else None
             if self._bm25 is not None:
                 self._bm25.load(())
