@@ -3,7 +3,7 @@
 Usage::
 
     python bench/bm25_engines.py [--datasets-dir ../shared/datasets] [--collections med cisi ...] [--batch 64]
-                                 [--scale-docs 20000] [--json bench/results/bm25_engines.json]
+                                 [--scale-docs 20000 100000] [--json bench/results/bm25_engines.json]
 
 Quality, per shared collection (nDCG@10 of bm25 alone; score differences over each query's top 100):
 
@@ -11,13 +11,14 @@ Quality, per shared collection (nDCG@10 of bm25 alone; score differences over ea
 * ``qdrant_one_add`` / ``edge_one_add``: the engines, one ``add`` of the whole collection: the average length is
   the corpus's, so only float32 separates them from ``hybrid``;
 * ``edge_batches``: Edge written in batches of ``--batch`` documents, each batch normalised with the running
-  average length at its write (the documented difference);
+  average length at its write (the documented difference); ``edge_batches_refreshed``: the same after
+  ``refresh_bm25()`` (every vector rewritten with the current average length);
 * ``edge_churn``: after the one-add store, 20% of the documents rewritten (upserted with another document's
   text) one batch at a time, in Edge and in a second HybridStore (``hybrid_churn``, the reference of this row):
   IDF stays live in both, the engine's untouched documents keep the average length of their first write.
 
-Speed at ``--scale-docs`` (the bench/bm25.py corpus; top-10, one query at a time, same run): HybridStore vs
-Edge, add throughput and query latency; local mode is measured at 2,000 documents only (it is a Python
+Speed at each of ``--scale-docs`` (the bench/bm25.py corpus; top-10, one query at a time, same run): HybridStore
+vs Edge, add throughput and query latency; local mode is measured at 2,000 documents only (it is a Python
 re-implementation of Qdrant, not the engine). Prints JSON.
 """
 from __future__ import annotations
@@ -103,6 +104,12 @@ def quality(args) -> dict:
                 e.add(texts[lo:lo + args.batch], ids=doc_ids[lo:lo + args.batch])
             M = score_matrix(e, qtexts, doc_ids)
             rows["edge_batches"] = {"ndcg10": round(ndcg10(M, doc_ids, qids, qrels), 4), **compare(R, M)}
+            t = time.perf_counter()
+            e.refresh_bm25()
+            refresh_s = time.perf_counter() - t
+            M = score_matrix(e, qtexts, doc_ids)
+            rows["edge_batches_refreshed"] = {"ndcg10": round(ndcg10(M, doc_ids, qids, qrels), 4), **compare(R, M),
+                                              "refresh_seconds": round(refresh_s, 3)}
             e.close()
         out[name] = {"docs": len(doc_ids), "queries": len(qids), "rows": rows}
         print(name, f"{time.perf_counter() - t0:.0f}s", json.dumps(rows), file=sys.stderr, flush=True)
@@ -123,7 +130,8 @@ def speed(args) -> dict:
     from m3_rag.qdrant_edge import QdrantEdgeStore
 
     res = {}
-    for n, kinds in ((2000, ("hybrid", "edge", "qdrant_local")), (args.scale_docs, ("hybrid", "edge"))):
+    sizes = [(2000, ("hybrid", "edge", "qdrant_local"))] + [(n, ("hybrid", "edge")) for n in args.scale_docs]
+    for n, kinds in sizes:
         docs, queries = corpus(args.datasets_dir, n)
         queries = queries[: args.queries]
         ids = [str(i) for i in range(len(docs))]
@@ -163,7 +171,7 @@ def main() -> None:
     ap.add_argument("--datasets-dir", type=Path, default=DATASETS)
     ap.add_argument("--collections", nargs="+", default=list(COLLECTIONS))
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--scale-docs", type=int, default=20000)
+    ap.add_argument("--scale-docs", type=int, nargs="+", default=[20000, 100000])
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "bm25_engines.json")

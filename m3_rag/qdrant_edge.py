@@ -1126,6 +1126,30 @@ class QdrantEdgeStore(EncodedSearchMixin):
         got = self._shard.retrieve(list(set(pids)), [PAYLOAD_BM25_LEN], False)
         return {r.id: int(r.payload[PAYLOAD_BM25_LEN]) for r in got if (r.payload or {}).get(PAYLOAD_BM25_LEN) is not None}
 
+    def refresh_bm25(self) -> int:
+        """Rewrite every document's bm25 vector with the current average length (the engine keeps the one of each
+        document's write): afterwards bm25 scores equal ``HybridStore``'s on the same documents, to float32. One
+        pass over the stored texts, O(n); worth it after loading in many small batches. Returns the number of
+        documents rewritten."""
+        from .index.bm25_sparse import NOT_HELD
+
+        with self._rw.write():
+            shard = self._shard_or_raise()
+            if shard is None or "bm25" not in self._modes:
+                raise ValueError(NOT_HELD)
+            enc = self._bm25_ready()
+            qe = self._qe
+            recs = self._scroll([PAYLOAD_TEXT, PAYLOAD_BM25_LEN], flt=qe.Filter(must=[qe.HasVectorCondition(BM25_VECTOR)]))
+            for lo in range(0, len(recs), self.batch_size):
+                part = recs[lo:lo + self.batch_size]
+                vecs, _ = enc.documents([r.payload.get(PAYLOAD_TEXT) or "" for r in part],
+                                        replaced=[int(r.payload[PAYLOAD_BM25_LEN]) for r in part])
+                shard.update(qe.UpdateOperation.update_vectors(
+                    [qe.PointVectors(r.id, {BM25_VECTOR: qe.SparseVector(*v)}) for r, v in zip(part, vecs)]))
+            if self.durable:
+                shard.flush()
+            return len(recs)
+
     def delete(self, ids: Sequence[str]) -> int:
         """Delete documents by id; unknown ids are ignored. Returns the number removed. Durable on return."""
         ids_list = check_ids(ids)

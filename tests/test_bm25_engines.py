@@ -50,8 +50,15 @@ def _compare(ref: HybridStore, eng, queries=QUERIES, rel=1e-5, **search) -> None
     for q in queries:
         want = ref.search(q, modes="bm25", k=1000, **search)
         got = eng.search(q, modes="bm25", k=1000, **search)
-        assert [h.id for h in got] == [h.id for h in want], q
-        np.testing.assert_allclose([h.score for h in got], [h.score for h in want], rtol=rel)
+        # the same documents with the same scores; the order may differ only inside float32 ties (the engine's
+        # float32 sums can split an exact float64 tie by one ulp, in a run-dependent order)
+        ref_scores = {h.id: h.score for h in want}
+        assert {h.id for h in got} == ref_scores.keys(), q
+        np.testing.assert_allclose([h.score for h in got], [ref_scores[h.id] for h in got], rtol=rel)
+        in_order = [ref_scores[h.id] for h in got]
+        assert all(a >= b * (1 - 1e-6) for a, b in zip(in_order, in_order[1:])), q
+        exact = sum(a.id == b.id for a, b in zip(got, want))
+        assert exact >= 0.8 * len(want), q  # ties are the exception
 
 
 @pytest.fixture(params=["qdrant", "edge"])
@@ -112,11 +119,11 @@ def test_average_length_is_fixed_at_write_time(kind: str, tmp_path: Path):
         assert got.keys() == want.keys()  # the same documents match
         diffs += [abs(got[k] - want[k]) / want[k] for k in want]
     assert 1e-4 < max(diffs) < 0.5  # differs, but not wildly
-    eng.add(docs[:20], ids=ids[:20])  # rewriting the first batch under the corpus average...
-    eng2 = _engine(kind, tmp_path / "second", modes=("bm25",)) if kind == "edge" else QdrantHybridStore(
-        ":memory:", "c2", modes=("bm25",), show_progress=False)
-    eng2.add(docs, ids=ids)
-    _compare(ref, eng2)  # ...and one add of everything is exact
+    assert eng.refresh_bm25() == len(docs)  # every vector rewritten with the current average length...
+    _compare(ref, eng)  # ...gives HybridStore's scores again
+    assert eng.delete(ids[:10]) == 10 and ref.delete(ids[:10]) == 10
+    eng.refresh_bm25()
+    _compare(ref, eng)
 
 
 def test_hybrid_fusion_and_first_stage(kind: str, tmp_path: Path):
@@ -227,6 +234,8 @@ def test_store_without_bm25_refuses_it(kind: str, tmp_path: Path):
     rng = np.random.default_rng(6)
     eng = _engine(kind, tmp_path)
     eng.add_encoded(make_encoded(rng, 3, modes=("dense",)), ids=list("abc"), texts=["x", "y", "z"])
+    with pytest.raises(ValueError, match="does not hold the bm25 mode"):
+        eng.refresh_bm25()
     with pytest.raises(ValueError, match="bm25"):
         eng.search_encoded(make_query(rng, modes=("dense",)), query_text="x", modes="bm25")
 

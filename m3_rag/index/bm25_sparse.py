@@ -37,6 +37,8 @@ __all__ = ["BM25_VECTOR", "PAYLOAD_BM25_LEN", "Bm25SparseEncoder", "stem_id", "s
 BM25_VECTOR = "bm25"
 #: The payload key holding a document's bm25 length (tokens after stop-words); absent without a bm25 entry.
 PAYLOAD_BM25_LEN = "m3_bm25_len"
+#: The error of bm25-only calls on a store without the mode.
+NOT_HELD = "this store does not hold the bm25 mode; declare it when the store is made: modes=(..., 'bm25')"
 #: How stems become sparse ids (recorded with the collection; a different scheme is refused on open).
 HASH_SCHEME = "blake2b-32le"
 

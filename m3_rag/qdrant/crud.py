@@ -304,6 +304,29 @@ class CrudMixin:
             bar.close()
 
     @serialised
+    def refresh_bm25(self) -> int:
+        """Rewrite every document's bm25 vector with the current average length (Qdrant keeps the one of each
+        document's write): afterwards bm25 scores equal ``HybridStore``'s on the same documents, to float32. One
+        pass over the stored texts, O(n); worth it after loading in many small batches. Returns the number of
+        documents rewritten."""
+        from ..index.bm25_sparse import NOT_HELD
+
+        if not self._exists() or "bm25" not in self._modes:
+            raise ValueError(NOT_HELD)
+        m = self._models
+        enc = self._bm25_ready()
+        pts = self._scroll(with_payload=[PAYLOAD_TEXT, PAYLOAD_BM25_LEN],
+                           flt=m.Filter(must=[m.HasVectorCondition(has_vector=BM25_VECTOR)]))
+        for lo in range(0, len(pts), self.batch_size):
+            part = pts[lo:lo + self.batch_size]
+            vecs, _ = enc.documents([p.payload.get(PAYLOAD_TEXT) or "" for p in part],
+                                    replaced=[int(p.payload[PAYLOAD_BM25_LEN]) for p in part])
+            self.client.update_vectors(self.collection, points=[
+                m.PointVectors(id=p.id, vector={BM25_VECTOR: m.SparseVector(indices=v[0], values=v[1])})
+                for p, v in zip(part, vecs)], wait=True)
+        return len(pts)
+
+    @serialised
     def delete(self, ids: Sequence[str]) -> int:
         """Delete documents by id; unknown ids are ignored. Returns how many were removed."""
         ids = check_ids(ids, ordered=False)
