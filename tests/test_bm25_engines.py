@@ -254,3 +254,16 @@ def test_sparse_encoder_units():
         assert v == pytest.approx(want[t], rel=1e-6)
     assert enc.query("retrieval of retrieval") == ([stem_id("retriev")], [2.0])
     assert enc.query("the of") == ([], [])
+
+
+def test_langchain_retriever_over_engine_bm25(kind: str, tmp_path: Path):
+    pytest.importorskip("langchain_core")
+    from m3_rag.langchain import M3Retriever
+
+    eng = _engine(kind, tmp_path, modes=("bm25",))
+    eng.add(["retrieval of documents", "cooking recipes", "document retrieval systems"], ids=["a", "b", "c"],
+            metadatas=[{"x": 1}, {}, {}])
+    docs = M3Retriever(store=eng, k=2).invoke("retrieval system")  # bm25 alone: no encoder needed
+    assert [d.page_content for d in docs] == ["document retrieval systems", "retrieval of documents"]
+    assert docs[1].metadata == {"x": 1}
+    assert M3Retriever(store=eng, k=2).invoke("the of") == []

@@ -83,7 +83,7 @@ class M3Retriever(BaseRetriever):
             raise TypeError(
                 f"store must be an m3_rag.HybridStore or QdrantHybridStore (the StoreLike API); got {type(v).__name__}"
             )
-        if v.encoder is None:
+        if v.encoder is None and tuple(getattr(v, "modes", ()) or ()) != ("bm25",):  # bm25 alone encodes nothing
             raise ValueError(
                 "M3Retriever needs a HybridStore with an encoder to encode queries; this one has none. Build it with "
                 "HybridStore(encoder=...) or HybridStore.load(path, encoder=...). For a store of vectors from another "
