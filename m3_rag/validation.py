@@ -9,7 +9,7 @@ from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 
-from .types import MODES, STORE_MODES, M3Output
+from .types import STORE_MODES, M3Output
 
 __all__ = [
     "check_ids", "check_modes", "check_rows", "check_texts", "check_k", "check_query", "check_queries", "check_utf8",

@@ -11,7 +11,6 @@ from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, field_validator, model_validator
 
 from ..fusion import resolve_weights
-from ..store import HybridStore
 from ..types import StoreLike
 from ..types import Hit
 from ._convert import (
