@@ -794,7 +794,9 @@ def evaluate(
     Args:
         dataset: a :class:`BeirDataset` or a collection folder (loaded with :func:`load_beir`).
         encoder: the model.
-        grid: mode sets such as ``["dense", "dense+sparse"]``; default :func:`default_grid` of the encoder's modes.
+        grid: mode sets such as ``["dense", "dense+sparse"]``; default :func:`default_grid` of the encoder's modes,
+            plus the model's recommended modes (``default_modes`` in its ``m3_model.json``, e.g. ``minilm-m3``'s
+            dense+colbert+bm25), evaluated also with its recommended ``default_fusion``.
             A single mode gives one row (fusion ``None``); a set of two or more gives one row per fusion.
         fusions: the fusion methods for multi-mode sets (subset of :data:`FUSIONS`). ``weighted`` rows use
             the model's recommended weights for that exact mode set (``fusion_weights_by_modes`` in its
@@ -819,6 +821,16 @@ def evaluate(
     """
     ds = dataset if isinstance(dataset, BeirDataset) else load_beir(dataset, split)
     sets = default_grid(encoder.available_modes) if grid is None else [parse_modes(g) for g in grid]
+    model_default: tuple[tuple[str, ...], str] | None = None
+    declared = getattr(encoder, "default_modes", None)
+    if grid is None and declared:  # the model's recommended modes and fusion: one more row
+        from .search.options import default_fusion
+
+        dm = tuple(m for m in STORE_MODES if m in declared)
+        if all(m == "bm25" or m in encoder.available_modes for m in dm) and len(dm) > 1:
+            model_default = (dm, default_fusion(encoder, dm))
+            if dm not in sets:
+                sets.append(dm)
     if not sets:
         raise ValueError("the grid is empty; give at least one mode set such as 'dense'")
     fusions = [fusions] if isinstance(fusions, str) else list(fusions)
@@ -846,7 +858,10 @@ def evaluate(
     encode_seconds = time.perf_counter() - t0
     rows: list[EvalRow] = []
     for modes in sets:
-        for fusion in (None,) if len(modes) == 1 else fusions:
+        row_fusions = (None,) if len(modes) == 1 else list(fusions)
+        if model_default is not None and modes == model_default[0] and model_default[1] not in row_fusions:
+            row_fusions.append(model_default[1])  # the model's own fusion for its recommended modes
+        for fusion in row_fusions:
             t = time.perf_counter()
             run = _search_runs(
                 store, q_enc, qids, modes, fusion or "weighted", candidates=candidates,

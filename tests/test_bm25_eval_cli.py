@@ -89,3 +89,22 @@ def test_cli_eval_and_index_with_bm25(tmp_path: Path, tiny_ckpt: Path, capsys):
     code, out, err = run(["index", docs, "--out", tmp_path / "idx2", "--bm25", "--bm25-language", "klingon",
                           "--model", tiny_ckpt, "--quiet"], capsys)
     assert code != 0 and "klingon" in err
+
+
+def test_eval_default_grid_adds_the_model_default_row(tmp_path: Path, tiny_ckpt: Path):
+    from m3_rag import M3Encoder
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    (ckpt / "m3_model.json").write_text(json.dumps({"default_modes": ["dense", "colbert", "bm25"],
+                                                     "default_fusion": "dbsf"}))
+    enc = M3Encoder.from_pretrained(ckpt, device="cpu")
+    ds = write_beir(tmp_path / "ds")
+    report = ev.evaluate(ds, enc, fusions=["weighted"], cache_dir=tmp_path / "cache", show_progress=False)
+    got = [(r.label, r.fusion) for r in report.rows]
+    # the default grid, then the model's recommended modes with the given fusions and its own (dbsf)
+    assert ("dense+colbert+bm25", "weighted") in got and ("dense+colbert+bm25", "dbsf") in got
+    assert got[-1] == ("bm25", None)
+    plain = ev.evaluate(ds, enc, grid=["dense"], fusions=["weighted"], bm25=False, cache_dir=tmp_path / "cache",
+                        show_progress=False)
+    assert [(r.label, r.fusion) for r in plain.rows] == [("dense", None)]  # an explicit grid is kept as given
