@@ -58,7 +58,10 @@ __all__ = ["QdrantEdgeStore", "EdgeBackend", "StoreLockedError", "COLBERT_DATATY
            "FORMAT_NAME", "FORMAT_VERSION", "SIDECAR"]
 
 FORMAT_NAME = "m3-rag.QdrantEdgeStore"
-FORMAT_VERSION = 1
+#: 2: the header may hold the bm25 mode (written only by stores holding bm25, so older readers refuse those with
+#: a clear version error and still read the others, which are written as 1).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SIDECAR = "m3_rag_edge.json"
 SHARD_DIR = "shard"
 LOCK_FILE = ".lock"
@@ -673,9 +676,9 @@ class QdrantEdgeStore(EncodedSearchMixin):
             raise ValueError(f"{f} is corrupt: {exc}") from exc
         if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
             raise ValueError(f"{f} is not a QdrantEdgeStore header (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{self.path} has format version {meta.get('format_version')!r}; this m3_rag reads version "
-                             f"{FORMAT_VERSION}. Upgrade m3_rag or re-index.")
+        if meta.get("format_version") not in READABLE_VERSIONS:
+            raise ValueError(f"{self.path} has format version {meta.get('format_version')!r}; this m3_rag reads versions "
+                             f"{READABLE_VERSIONS}. Upgrade m3_rag or re-index.")
         modes = meta.get("modes")
         dims = meta.get("dims")
         if (not isinstance(modes, list) or not modes or any(m not in STORE_MODES for m in modes) or len(set(modes)) != len(modes)
@@ -792,7 +795,7 @@ class QdrantEdgeStore(EncodedSearchMixin):
     def _create(self, modes: tuple[str, ...], dims: Mapping[str, int]) -> None:
         """Write the header (atomically, fsynced), then create the shard."""
         meta = {
-            "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "modes": list(modes),
+            "format": FORMAT_NAME, "format_version": FORMAT_VERSION if "bm25" in modes else 1, "modes": list(modes),
             "dims": {m: int(dims[m]) for m in modes if m not in ("sparse", "bm25")}, "fingerprint": self._fingerprint,
             "colbert_datatype": self.colbert_datatype, "colbert_on_disk": self.colbert_on_disk,
             "colbert_quantization": self.colbert_quantization, "colbert_pool_factor": self.colbert_pool_factor,

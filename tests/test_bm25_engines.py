@@ -186,6 +186,10 @@ def test_reopen_and_migration(tmp_path: Path):
     edge.close()
     with pytest.raises(ValueError, match="bm25_k1"):
         QdrantEdgeStore(tmp_path / "e", modes="bm25", bm25_k1=2.0)
+    import json
+
+    header = json.loads((tmp_path / "e" / "m3_rag_edge.json").read_text())
+    assert header["format_version"] == 2 and header["bm25"]["k1"] == 1.2  # a bm25 store's header is version 2
     edge = QdrantEdgeStore(tmp_path / "e", show_progress=False)  # the recorded settings
     _compare(ref, edge)
     edge.add(["thesaurus of science"], ids=["new"])  # the reopened store's running average length is loaded
