@@ -763,7 +763,9 @@ def save_checkpoint(
     ``m3_model.json`` records the sparse rule the heads were trained with: ``"sparse_drop_special_tokens"`` is
     true when ``heads`` ignore every special token of ``encoder``'s tokenizer, so the exported checkpoint
     encodes with that rule when loaded. With ``backbone_ref`` (a bundled model) it also names the backbone,
-    the ColBERT size, the pooling and the maximum length.
+    the ColBERT size, the pooling and the maximum length. Search recommendations (``fusion_weights``,
+    ``default_modes``, ``default_fusion``) are never written here: they are measured for particular heads
+    (``bench/loco.py``), so a new export starts without them and searches use the library defaults.
     """
     if weights_dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"weights_dtype must be torch.float32, torch.float16 or torch.bfloat16; got {weights_dtype}")
