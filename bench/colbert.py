@@ -88,6 +88,59 @@ def colbert_vectors(cache, w, b):
     return out
 
 
+def _row_sims(codec, parts, sl: slice, qt: np.ndarray, dim: int) -> np.ndarray:
+    """Similarities of stored token rows ``sl`` to every query token (columns of ``qt``), with the same math
+    as the codec's own ``maxsim`` (fp32/fp16/int8: ``maxsim_packed``; binary: ``signs @ q`` then the per-token
+    scale; pq: its reconstruction dotted with the query, which equals the lookup-table sum of its ADC)."""
+    from m3_rag.index.codecs import BinaryCodec, Int8Codec, PQCodec, _FloatCodec
+
+    if isinstance(codec, _FloatCodec):
+        return parts["tokens"][sl].astype(np.float32, copy=False) @ qt
+    if isinstance(codec, Int8Codec):
+        out = parts["tokens"][sl].astype(np.float32) @ qt
+        out *= parts["scale"][sl][:, None]
+        return out
+    if isinstance(codec, BinaryCodec):
+        out = codec._signs(parts["tokens"][sl], dim) @ qt
+        s = codec._scales(parts, sl, dim)
+        out *= s if np.isscalar(s) else s[:, None]
+        return out
+    if isinstance(codec, PQCodec):
+        return codec.decode(parts, sl) @ qt
+    raise TypeError(f"no batched MaxSim for {codec!r}")
+
+
+def maxsim_all(codec, parts, offsets: np.ndarray, queries, dim: int, chunk_tokens: int = 8192) -> np.ndarray:
+    """``(n_queries, n_docs)`` MaxSim of every query against every document: the stored tokens are scored
+    once against all query tokens stacked (one GEMM per chunk of documents), a segmented max over each
+    document's rows (``np.maximum.reduceat``), then each query's mean over its own token columns. Same
+    numbers as ``codec.maxsim(q, parts, offsets, None)`` per query, without re-decoding the corpus per query."""
+    q_all = np.concatenate([np.asarray(q, dtype=np.float32) for q in queries])
+    qt = np.ascontiguousarray(q_all.T)
+    q_off = np.zeros(len(queries) + 1, dtype=np.int64)
+    np.cumsum([len(q) for q in queries], out=q_off[1:])
+    offsets = np.asarray(offsets, dtype=np.int64)
+    lengths = np.diff(offsets)
+    out = np.zeros((len(queries), len(lengths)), dtype=np.float32)
+    nonempty = np.nonzero(lengths > 0)[0]
+    pos = 0
+    while pos < len(nonempty):
+        end, total = pos, 0
+        while end < len(nonempty) and (end == pos or total + lengths[nonempty[end]] <= chunk_tokens):
+            total += int(lengths[nonempty[end]])
+            end += 1
+        sel = nonempty[pos:end]
+        sims = _row_sims(codec, parts, slice(int(offsets[sel[0]]), int(offsets[sel[-1] + 1])), qt, dim)
+        # empty documents inside the range own no rows, so segment starts come from the non-empty ones only
+        seg = offsets[sel] - offsets[sel[0]]
+        maxes = np.maximum.reduceat(sims, seg, axis=0)  # (docs, all query tokens)
+        for i in range(len(queries)):
+            a, b = q_off[i], q_off[i + 1]
+            out[i, sel] = np.ascontiguousarray(maxes[:, a:b]).sum(axis=1) / np.float32(b - a)
+        pos = end
+    return out
+
+
 def cmd_quality(args) -> None:
     import minilm_m3_eval as ev
     from m3_rag.encoder import resolve_model_path
@@ -121,7 +174,7 @@ def cmd_quality(args) -> None:
                         continue
                     codec = make(label, dim)
                     parts = encode_all(codec, tokens)
-                    cmat = np.stack([codec.maxsim(q, parts, offsets, None) for q in qv])
+                    cmat = maxsim_all(codec, parts, offsets, qv, dim)
                     fused = weights["dense"] * dense + weights["sparse"] * sparse + weights["colbert"] * cmat
                     key = f"{label}|pool{factor}{'+renorm' if renorm else ''}"
                     rows[key] = {
