@@ -507,6 +507,8 @@ def encode_corpus(
     path_name = getattr(encoder, "numeric_path", "fp32")
     if path_name not in ("fp32", "fp16"):  # int8 / ONNX encodings are cached apart (fp32 keys unchanged)
         settings += f":{path_name}"
+        if path_name == "int8":  # the int8 recipe changed (per-channel weights, FFN outputs fp32): a new key
+            settings += ":int8-pc-ffn32"
     if "colbert" in modes and (colbert_storage, colbert_pool_factor) != ("fp16", 1):  # default keys unchanged
         settings += f":colbert={colbert_storage}/pool{colbert_pool_factor}"
     key = hashlib.sha256(settings.encode()).hexdigest()[:16]
