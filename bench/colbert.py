@@ -111,34 +111,14 @@ def _row_sims(codec, parts, sl: slice, qt: np.ndarray, dim: int) -> np.ndarray:
 
 
 def maxsim_all(codec, parts, offsets: np.ndarray, queries, dim: int, chunk_tokens: int = 8192) -> np.ndarray:
-    """``(n_queries, n_docs)`` MaxSim of every query against every document: the stored tokens are scored
-    once against all query tokens stacked (one GEMM per chunk of documents), a segmented max over each
-    document's rows (``np.maximum.reduceat``), then each query's mean over its own token columns. Same
-    numbers as ``codec.maxsim(q, parts, offsets, None)`` per query, without re-decoding the corpus per query."""
-    q_all = np.concatenate([np.asarray(q, dtype=np.float32) for q in queries])
-    qt = np.ascontiguousarray(q_all.T)
-    q_off = np.zeros(len(queries) + 1, dtype=np.int64)
-    np.cumsum([len(q) for q in queries], out=q_off[1:])
-    offsets = np.asarray(offsets, dtype=np.int64)
-    lengths = np.diff(offsets)
-    out = np.zeros((len(queries), len(lengths)), dtype=np.float32)
-    nonempty = np.nonzero(lengths > 0)[0]
-    pos = 0
-    while pos < len(nonempty):
-        end, total = pos, 0
-        while end < len(nonempty) and (end == pos or total + lengths[nonempty[end]] <= chunk_tokens):
-            total += int(lengths[nonempty[end]])
-            end += 1
-        sel = nonempty[pos:end]
-        sims = _row_sims(codec, parts, slice(int(offsets[sel[0]]), int(offsets[sel[-1] + 1])), qt, dim)
-        # empty documents inside the range own no rows, so segment starts come from the non-empty ones only
-        seg = offsets[sel] - offsets[sel[0]]
-        maxes = np.maximum.reduceat(sims, seg, axis=0)  # (docs, all query tokens)
-        for i in range(len(queries)):
-            a, b = q_off[i], q_off[i + 1]
-            out[i, sel] = np.ascontiguousarray(maxes[:, a:b]).sum(axis=1) / np.float32(b - a)
-        pos = end
-    return out
+    """``(n_queries, n_docs)`` MaxSim of every query against every document over a codec's stored tokens:
+    ``minilm_m3_eval.maxsim_all`` (one GEMM per chunk of documents against all query tokens stacked, a segmented
+    max, each query's mean over its own token columns) with the codec's own row similarities (:func:`_row_sims`).
+    Same numbers as ``codec.maxsim(q, parts, offsets, None)`` per query, to float rounding."""
+    import minilm_m3_eval as ev
+
+    return ev.maxsim_all(queries, None, offsets, chunk_tokens,
+                         row_sims=lambda a, b, qt: _row_sims(codec, parts, slice(a, b), qt, dim))
 
 
 def cmd_quality(args) -> None:

@@ -134,17 +134,24 @@ def token_vectors(cache, weight: np.ndarray | None, bias: np.ndarray | None):
     return parts, np.concatenate(parts), offsets
 
 
-def maxsim_all(q_parts, d_tokens, d_offsets, chunk_tokens: int = 4096) -> np.ndarray:
+def maxsim_all(q_parts, d_tokens, d_offsets, chunk_tokens: int = 4096, row_sims=None) -> np.ndarray:
     """(queries, docs) MaxSim, the sum over query tokens of the best document token divided by the number of
     query tokens (as ``m3_rag.scoring.maxsim_packed``), for all queries at once: each block of documents is
     upcast once and multiplied with every query token in one GEMM (``maxsim_packed`` per query gives the same
-    scores to float rounding, ~1e-7, but upcasts every block once per query)."""
+    scores to float rounding, ~1e-7, but upcasts every block once per query).
+
+    ``row_sims(start, stop, q_all)``: the similarities of stored token rows ``start:stop`` to every query token
+    (the columns of ``q_all``); default ``d_tokens[start:stop]`` upcast and multiplied (a codec supplies its own,
+    see ``bench/colbert.py``)."""
     q_all = np.ascontiguousarray(np.concatenate([np.asarray(q, np.float32) for q in q_parts]).T)  # (dim, M)
     q_len = np.array([len(q) for q in q_parts], dtype=np.int64)
     q_starts = np.zeros(len(q_parts), dtype=np.int64)
     np.cumsum(q_len[:-1], out=q_starts[1:])
     offsets = np.asarray(d_offsets, dtype=np.int64)
     lengths = np.diff(offsets)
+    if row_sims is None:
+        def row_sims(a, b, qt):
+            return d_tokens[a:b].astype(np.float32) @ qt
     out = np.zeros((len(q_parts), len(lengths)), dtype=np.float32)
     nonempty = np.nonzero(lengths > 0)[0]
     pos = 0
@@ -154,14 +161,9 @@ def maxsim_all(q_parts, d_tokens, d_offsets, chunk_tokens: int = 4096) -> np.nda
             total += int(lengths[nonempty[end]])
             end += 1
         sel = nonempty[pos:end]
-        if len(sel) == sel[-1] - sel[0] + 1:
-            block = d_tokens[offsets[sel[0]]:offsets[sel[-1] + 1]]
-        else:
-            block = d_tokens[np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in sel])]
-        sims = block.astype(np.float32) @ q_all  # (tokens, M)
-        seg = np.zeros(len(sel), dtype=np.int64)
-        np.cumsum(lengths[sel][:-1], out=seg[1:])
-        best = np.maximum.reduceat(sims, seg, axis=0)  # (docs, M): best document token per query token
+        # empty documents inside the range own no rows: the rows of ``sel`` are one contiguous range
+        sims = row_sims(int(offsets[sel[0]]), int(offsets[sel[-1] + 1]), q_all)  # (tokens, M)
+        best = np.maximum.reduceat(sims, offsets[sel] - offsets[sel[0]], axis=0)  # (docs, M)
         out[:, sel] = (np.add.reduceat(best, q_starts, axis=1) / q_len.astype(np.float32)).T
         pos = end
     return out
